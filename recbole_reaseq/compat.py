@@ -17,7 +17,12 @@ Symptoms and fixes (RecBole 1.2.1):
    host program's arguments leak into the configuration. Fix: :func:`explicit_argv`, used by
    :class:`recbole_reaseq.config.Config`, makes RecBole's own parser read an explicit list instead
    (empty unless the caller passes one, as ``run_recbole.py`` does).
-4. numpy 2, pandas 3 and setuptools >= 81 break RecBole outright (``Config.compatibility_settings``,
+4. ``recbole/model/sequential_recommender/sine.py`` calls ``torch.autograd.set_detect_anomaly(True)``
+   at import time, and importing ANY sequential model imports it (through the package
+   ``__init__``). Anomaly mode NaN-checks every backward op: SASRec trains several times slower.
+   Fix: :func:`import_recbole_module` (used by the registry for every model import) restores the
+   anomaly setting that was in force before the import.
+5. numpy 2, pandas 3 and setuptools >= 81 break RecBole outright (``Config.compatibility_settings``,
    no-op in-place ``fillna`` that leaves padding rows NaN, ``from ray import tune`` in
    ``recbole.quick_start``). These cannot be patched safely: ``setup.py`` pins ``numpy<2``,
    ``pandas<3``, ``setuptools<81`` and :func:`check_versions` refuses to run on a broken stack.
@@ -64,6 +69,19 @@ def check_versions() -> None:
 
 
 check_versions()
+
+
+def import_recbole_module(path: str):
+    """``importlib.import_module(path)`` without RecBole's import-time anomaly-mode switch."""
+    import importlib
+
+    import torch
+
+    anomaly = torch.is_anomaly_enabled()
+    try:
+        return importlib.import_module(path)
+    finally:
+        torch.autograd.set_detect_anomaly(anomaly)
 
 
 @contextlib.contextmanager

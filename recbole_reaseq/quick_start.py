@@ -98,6 +98,7 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, argv=
         "best_valid_score": best_valid_score,
         "valid_result": dict(best_valid_result or {}),
         "test_result": dict(test_result or {}),
+        "train_loss": [float(trainer.train_loss_dict[k]) for k in sorted(trainer.train_loss_dict)],
         "epochs_trained": len(epochs),
         "epoch_seconds": epochs,
         "fit_seconds": fit_seconds,

@@ -60,32 +60,25 @@ def recbole_model_modules() -> dict[str, str]:
 
 @lru_cache(maxsize=None)
 def recbole_model_names() -> tuple[str, ...]:
-    """Class names of every RecBole built-in model (imports each model module once).
-
-    RecBole 1.2.1's ``sine.py`` calls ``torch.autograd.set_detect_anomaly(True)`` at import time,
-    which slows every later backward pass several-fold; the previous setting is restored.
-    """
-    import torch
+    """Class names of every RecBole built-in model (imports each model module once)."""
     from recbole.model.abstract_recommender import AbstractRecommender
 
-    anomaly = torch.is_anomaly_enabled()
     names = []
     for lower, module_path in recbole_model_modules().items():
         try:
-            module = importlib.import_module(module_path)
+            module = compat.import_recbole_module(module_path)
         except ImportError:  # exlib models need lightgbm / xgboost
             continue
         for attr, obj in vars(module).items():
             if (attr.lower() == lower and isinstance(obj, type)
                     and issubclass(obj, AbstractRecommender)):
                 names.append(attr)
-    torch.autograd.set_detect_anomaly(anomaly)
     return tuple(sorted(names))
 
 
 def _load(path: str):
     module, attr = path.split(":")
-    return getattr(importlib.import_module(module), attr)
+    return getattr(compat.import_recbole_module(module), attr)
 
 
 def _check_new_name(name: str, table: dict, kind: str) -> None:
@@ -132,7 +125,7 @@ def get_model(name: str) -> type:
         return MODELS[name]
     module_path = recbole_model_modules().get(name.lower())
     if module_path is not None:
-        cls = getattr(importlib.import_module(module_path), name, None)
+        cls = getattr(compat.import_recbole_module(module_path), name, None)
         if cls is not None:
             return cls
     raise RegistryError(f"unknown model '{name}'. Valid names: {', '.join(model_names())}")

@@ -69,7 +69,7 @@ __all__ = [
     "LLMRequest", "LLMError", "LLMConfigError", "LLMRequestError", "LLMBackend", "OpenAIBackend",
     "OfflineBackend", "Facet", "extract_facets", "metadata_text", "clean_text", "clean_category",
     "tokens", "jaccard", "price_band", "DEMAND_LABELS", "ATTRIBUTE_LABELS", "LABEL_DESCRIPTIONS",
-    "parse_json_answer",
+    "parse_json_answer", "parse_retry_after", "LEXICONS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -217,10 +217,13 @@ class LLMBackend:
             self.cache.put(key, {k: v for k, v in record.items() if k not in ("key", "cached")})
         return record
 
-    def complete_json(self, agent: str, prompt: str, schema_layer: str, *, prompt_version: str,
-                      request_id: Optional[str] = None, context: Optional[Mapping[str, Any]] = None,
+    def complete_json(self, agent: str, prompt: str, schema_layer: str, *,
+                      prompt_version: str = "unversioned", request_id: Optional[str] = None,
+                      context: Optional[Mapping[str, Any]] = None,
                       check: Optional[CheckFn] = None) -> Dict[str, Any]:
-        """Convenience wrapper of :meth:`complete` building the :class:`LLMRequest`."""
+        """Convenience wrapper of :meth:`complete` building the :class:`LLMRequest`; returns the
+        record (the parsed answer is ``record["answer"]``). Pass the template's
+        ``prompt_version`` (from ``agents.load_prompt``) so that it enters the cache key."""
         request = LLMRequest(request_id or agent, agent, schema_layer, prompt, prompt_version,
                              context or {}, check)
         return self.complete(request)
