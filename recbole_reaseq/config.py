@@ -120,6 +120,9 @@ class Config(_RecBoleConfig):
                                                if k not in self.parameters["Dataset"]]
 
     def _set_default_parameters(self):
+        if self.final_config_dict.get("eval_protocol") == "ctr":
+            # early stopping on the CTR track watches ctr_valid_metric (default gauc)
+            self.final_config_dict["valid_metric"] = self.final_config_dict["ctr_valid_metric"]
         if self.dataset not in EMBEDDED_DATASETS:
             self.final_config_dict["data_path"] = resolve_data_path(
                 self.dataset, self.external_config_dict.get("data_path"))

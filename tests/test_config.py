@@ -92,3 +92,13 @@ def test_unknown_model_in_config():
 
     with pytest.raises(RegistryError, match="Valid names"):
         Config("NoSuchModel", "ml-100k")
+
+
+def test_ctr_protocol_early_stops_on_ctr_valid_metric(tiny_root, workdir):
+    c = Config("DIN", "tiny", config_dict=tiny_config(tiny_root, workdir, eval_protocol="ctr"))
+    assert (c["valid_metric"], c["valid_metric_bigger"]) == ("gauc", True)
+    c = Config("DIN", "tiny", config_dict=tiny_config(tiny_root, workdir, eval_protocol="ctr",
+                                                      ctr_valid_metric="logloss"))
+    assert (c["valid_metric"], c["valid_metric_bigger"]) == ("logloss", False)
+    c = Config("SASRec", "tiny", config_dict=tiny_config(tiny_root, workdir))
+    assert c["valid_metric"] == "NDCG@10"

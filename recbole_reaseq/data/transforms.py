@@ -7,7 +7,7 @@ transform on every loader returned by ``data_preparation``: no loader subclass, 
 """
 from __future__ import annotations
 
-import torch
+from recbole.data.interaction import Interaction
 
 from recbole_reaseq import registry
 
@@ -29,7 +29,14 @@ def install_transforms(config, loaders) -> list:
     names = config["reaseq_transforms"] or []
     if isinstance(names, str):
         names = [names]
-    ours = [registry.get_transform(name)(config) for name in names]
+    ours = []
+    for name in names:
+        transform_class = registry.get_transform(name)
+        if config["model"] in getattr(transform_class, "incompatible_models", ()):
+            raise ValueError(f"transform '{name}' (config key 'reaseq_transforms') cannot be used "
+                             f"with {config['model']}: {transform_class.incompatible_reason} "
+                             "Remove it from reaseq_transforms for this model.")
+        ours.append(transform_class(config))
     if ours:
         for loader in loaders:
             loader.transform = Compose([loader.transform] + ours)
@@ -43,7 +50,14 @@ class TrimPadding:
     left, so removing trailing all-padding columns leaves every model's output unchanged (tested
     for SASRec, GRU4Rec and DIN). One extra column is kept so that models which append a token
     after the last item (BERT4Rec's [MASK]) see the same layout as before.
+
+    RecBole 1.2.1's DIN and DIEN build their attention mask once with ``MAX_ITEM_LIST_LENGTH``
+    columns, so they cannot take shorter batches; :func:`install_transforms` refuses them.
     """
+
+    incompatible_models = ("DIN", "DIEN")
+    incompatible_reason = ("RecBole's DIN/DIEN attention mask has a fixed MAX_ITEM_LIST_LENGTH "
+                           "width.")
 
     def __init__(self, config):
         self.list_suffix = config["LIST_SUFFIX"]
@@ -56,7 +70,9 @@ class TrimPadding:
         if lengths.numel() == 0:
             return interaction
         keep = int(lengths.max()) + 1
-        for name, value in list(interaction.interaction.items()):
+        fields = {}
+        for name, value in interaction.interaction.items():
             if name.endswith(self.list_suffix) and value.dim() >= 2 and value.shape[1] > keep:
-                interaction.interaction[name] = value[:, :keep].contiguous()  # [B, keep, ...]
-        return interaction
+                value = value[:, :keep].contiguous()                    # [B, keep, ...]
+            fields[name] = value
+        return Interaction(fields)
