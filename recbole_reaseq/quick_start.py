@@ -16,7 +16,7 @@ from recbole_reaseq import registry
 from recbole_reaseq.config import Config
 from recbole_reaseq.data.candidates import load_or_build_candidates
 from recbole_reaseq.data.transforms import install_transforms
-from recbole_reaseq.evaluation.ctr import ReaSeqTrainerMixin
+from recbole_reaseq.evaluation.ctr import ReaSeqTrainerMixin, evaluate_ctr
 
 import torch  # noqa: E402
 from recbole.data import create_dataset, data_preparation  # noqa: E402
@@ -63,9 +63,26 @@ def make_config(model=None, dataset=None, config_file_list=None, config_dict=Non
     return config
 
 
+def evaluate_protocol(trainer, eval_data, protocol: str, dataset) -> tuple[dict, dict | None]:
+    """Evaluate the trainer's current model under ``protocol`` (ranking or ctr)."""
+    if protocol == "ctr":
+        if trainer.ctr_candidates is None:
+            trainer.ctr_candidates = load_or_build_candidates(trainer.config, dataset)
+        result, per_user = evaluate_ctr(trainer.model, eval_data, trainer.ctr_candidates,
+                                        eval_data.reaseq_phase, trainer.config)
+        return dict(result), per_user
+    base = super(ReaSeqTrainerMixin, trainer)               # RecBole's own full-ranking evaluate
+    return dict(base.evaluate(eval_data, load_best_model=False)), None
+
+
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, argv=None,
-        saved: bool = True, config=None) -> dict:
-    """Train and evaluate one model; returns config, metrics, timings and memory."""
+        saved: bool = True, config=None, resume_file: str | None = None) -> dict:
+    """Train and evaluate one model; returns config, metrics, timings and memory.
+
+    ``report_protocols`` (config) lists extra protocols to evaluate the best model on after
+    training (e.g. a ranking-trained SASRec also scored on the CTR candidates). ``resume_file``
+    continues from a RecBole checkpoint of an interrupted run (the best epoch saved so far).
+    """
     wall_start = time.perf_counter()
     if config is None:
         config = make_config(model, dataset, config_file_list, config_dict, argv)
@@ -80,15 +97,30 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, argv=
     model_obj = build_model(config, train_data)
     logger.info(model_obj)
     trainer = build_trainer(config, model_obj, dataset_obj)
+    if resume_file:
+        trainer.resume_checkpoint(resume_file)        # also keeps saving into resume_file
+        logger.info(f"resumed from {resume_file} at epoch {trainer.start_epoch}")
 
     fit_start = time.perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"])
     fit_seconds = time.perf_counter() - fit_start
+    if best_valid_result is None and saved:          # resumed and never improved afterwards
+        best_valid_result = trainer.evaluate(valid_data, load_best_model=True)
     test_result = trainer.evaluate(test_data, load_best_model=saved,
                                    show_progress=config["show_progress"])
     logger.info(f"best valid : {best_valid_result}")
     logger.info(f"test result: {test_result}")
+    per_user = {config["eval_protocol"]: getattr(trainer, "last_per_user", None)}
+    extra = {}
+    for protocol in config["report_protocols"] or []:
+        if protocol == config["eval_protocol"]:
+            continue
+        valid_extra, _ = evaluate_protocol(trainer, valid_data, protocol, dataset_obj)
+        test_extra, per_user[protocol] = evaluate_protocol(trainer, test_data, protocol,
+                                                           dataset_obj)
+        extra[protocol] = {"valid": valid_extra, "test": test_extra}
+        logger.info(f"[{protocol}] test result: {test_extra}")
     epochs = getattr(trainer, "epoch_seconds", [])
     return {
         "model": config["model"],
@@ -105,7 +137,9 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, argv=
         "wall_seconds": time.perf_counter() - wall_start,
         "peak_rss_mb": peak_rss_mb(),
         "checkpoint": trainer.saved_model_file if saved else None,
-        "per_user_test": getattr(trainer, "last_per_user", None),
+        "other_protocols": extra,
+        "per_user_test": per_user,
+        "start_epoch": trainer.start_epoch if resume_file else 0,
         "config": config,
     }
 

@@ -18,9 +18,11 @@ brand or price).
 NOTE: only items that occur in the ``.inter`` file are returned (RecBole drops the others from
 training anyway); items of the ``.inter`` file that lack a ``.item`` row get an empty title and
 no categories and are counted (:func:`load_items` ``stats``).
-NOTE: the paper reads a category *tree*; ml-100k has genre lists instead, so its "category path"
-is the genre list in file order, and :data:`CATEGORY_LEVELS` uses the first genre as the primary
-category (Layer 1) and the first two genres as the subcategory (Layer 2).
+NOTE: the paper reads a category *tree* whose first level is the store (Beauty: ``Beauty``); ml-100k
+has genre lists instead, so its path is a root ``Movies`` (:data:`CATEGORY_ROOTS`, ours, so that
+level 1 is the store as on Amazon) followed by the genres in file order (alphabetical in ml-100k):
+the primary category (Layer 1, level 2) is the first genre and the subcategory (Layer 2, depth 3)
+the first two genres.
 NOTE: grounding (``agents.grounding_check``) quotes from ``backends.metadata_text(item)``, which
 HTML-unescapes the title itself, so evidence quoted from either the raw or the display title is
 accepted; ``title_raw`` is kept for audits and for re-rendering the source faithfully.
@@ -35,14 +37,16 @@ from recbole_reaseq.data.datasets import (DEFAULT_META_FIELDS, ITEM_META_FIELDS,
                                           read_atomic)
 from .backends import clean_text
 
-__all__ = ["ROLES", "CATEGORY_LEVELS", "DEFAULT_CATEGORY_LEVELS", "meta_fields",
+__all__ = ["ROLES", "CATEGORY_LEVELS", "DEFAULT_CATEGORY_LEVELS", "CATEGORY_ROOTS", "meta_fields",
            "category_levels", "dataset_folder", "atomic_path", "read_inter_items", "load_items"]
 
 ROLES = ("title", "category", "brand", "price")
 
 # (category_level, subcategory_depth) of agents.primary_category / subcategory_of per data set.
-CATEGORY_LEVELS: Dict[str, Tuple[int, int]] = {"amazon-beauty": (2, 3), "ml-100k": (1, 2)}
+CATEGORY_LEVELS: Dict[str, Tuple[int, int]] = {"amazon-beauty": (2, 3), "ml-100k": (2, 3)}
 DEFAULT_CATEGORY_LEVELS = (2, 3)  # Amazon-style paths whose first level is the store ("Beauty")
+# Level prepended to the category path of data sets whose category column has no store root.
+CATEGORY_ROOTS: Dict[str, str] = {"ml-100k": "Movies"}
 
 
 def meta_fields(dataset: str, fields: Optional[Mapping[str, Optional[str]]] = None
@@ -154,6 +158,7 @@ def load_items(dataset: str, data_path: Optional[str] = None, *,
     meta = read_atomic(item_path, usecols).drop_duplicates("item_id").set_index("item_id")
     ids = read_inter_items(inter_path)
     rows = meta.reindex(ids)
+    root = [CATEGORY_ROOTS[dataset]] if dataset in CATEGORY_ROOTS else []
     items, missing = [], 0
     for item_id, row in zip(ids, rows.itertuples(index=False, name=None)):
         values = dict(zip(usecols[1:], row))
@@ -165,8 +170,8 @@ def load_items(dataset: str, data_path: Optional[str] = None, *,
             "item_id": str(item_id),
             "title": clean_text(raw_title or ""),
             "title_raw": raw_title or "",
-            "categories": _categories(_text(values.get(roles["category"]))
-                                      if roles["category"] else None),
+            "categories": root + _categories(_text(values.get(roles["category"]))
+                                             if roles["category"] else None),
             "brand": clean_text(brand) or None,
             "price": _price(values.get(roles["price"])) if roles["price"] else None,
         })

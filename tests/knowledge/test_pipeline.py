@@ -1,0 +1,405 @@
+"""Tests of the knowledge pipeline (recbole_reaseq/knowledge/{items,pipeline,__main__}.py) on a
+hand-made six-item data set in RecBole atomic format (Beauty's schema), with exact values."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sysconfig
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_reaseq.knowledge import pipeline as P
+from recbole_reaseq.knowledge.__main__ import main as cli_main
+from recbole_reaseq.knowledge.backends import OpenAIBackend
+from recbole_reaseq.knowledge.items import load_items
+
+DATASET = "tiny"
+ITEM_ROWS = [  # item_id, title, categories, brand, price
+    ("i1", "Olay Regenerist Anti-Aging Moisturizing Cream, 1.7 oz", "Beauty Skin_Care Face",
+     "Olay", "24.99"),
+    ("i2", "Neutrogena Hydro Boost Water Gel &amp; Moisturizer", "Beauty Skin_Care Face",
+     "Neutrogena", "19.5"),
+    ("i3", "Maybelline Waterproof Mascara, Blackest Black", "Beauty Makeup Eyes", "Maybelline",
+     "7.49"),
+    ("i4", "OPI Nail Lacquer, Red", "Beauty Makeup Nails", "OPI", ""),
+    ("i5", "Lavender Shower Gel 10 fl. oz", "Beauty Bath_&_Body", "", "5.0"),
+    ("i9", "Never Bought Serum", "Beauty Skin_Care Face", "Nobody", "99.0"),  # not in .inter
+]
+INTER_ROWS = [  # user, item, timestamp (u1 has a same-day tie: i2 then i1 in file order)
+    ("u1", "i3", 100), ("u1", "i2", 200), ("u1", "i1", 200),
+    ("u2", "i1", 100), ("u2", "i2", 150), ("u2", "i4", 300), ("u2", "i5", 250),
+    ("u3", "i5", 100), ("u3", "i6", 100), ("u3", "i3", 400),  # i6 has no .item row
+    ("u4", "i4", 50), ("u4", "i1", 60),
+]
+ITEMS_IN_INTER = ["i1", "i2", "i3", "i4", "i5", "i6"]
+N_REQUESTS = 8 + 10 + 6  # L1: 4 categories x 2 streams; L2: 5 subcategories x 2; L3: 6 items
+TINY_QUANT = {"levels": 2, "codes": 4, "latent_dim": 4, "epochs": 3, "batch_size": 4,
+              "dead_code_steps": 2}
+
+
+def write_dataset(root: Path, item_rows=ITEM_ROWS) -> Path:
+    folder = root / DATASET
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{DATASET}.item", "w", encoding="utf-8") as f:
+        f.write("item_id:token\ttitle:token_seq\tcategories:token_seq\tbrand:token\tprice:float\n")
+        f.writelines("\t".join(row) + "\n" for row in item_rows)
+    with open(folder / f"{DATASET}.inter", "w", encoding="utf-8") as f:
+        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        f.writelines(f"{u}\t{i}\t{t}\n" for u, i, t in INTER_ROWS)
+    return root
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    from recbole_reaseq.knowledge.encode import load_encoder
+
+    torch.manual_seed(0)
+    return load_encoder()
+
+
+def run_steps(data: Path, art: Path, encoder, **kw):
+    common = {"data_path": str(data), "artifact_dir": str(art)}
+    return (P.build(DATASET, **common, **kw), P.encode(DATASET, **common, encoder=encoder),
+            P.quantize(DATASET, **common, **TINY_QUANT))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, encoder):
+    root = tmp_path_factory.mktemp("pipeline")
+    data, art = write_dataset(root / "data"), root / "artifacts"
+    manifests = run_steps(data, art, encoder)
+    return data, art, manifests
+
+
+# ---------------------------------------------------------------------------------- items
+def test_load_items_roles_html_and_inter_filter(tmp_path):
+    data = write_dataset(tmp_path)
+    items, stats = load_items(DATASET, str(data))
+    assert [it["item_id"] for it in items] == ITEMS_IN_INTER  # i9 is not in the .inter file
+    assert items[1] == {"item_id": "i2", "title": "Neutrogena Hydro Boost Water Gel & Moisturizer",
+                        "title_raw": "Neutrogena Hydro Boost Water Gel &amp; Moisturizer",
+                        "categories": ["Beauty", "Skin Care", "Face"], "brand": "Neutrogena",
+                        "price": 19.5}
+    assert items[3]["price"] is None and items[4]["brand"] is None
+    assert items[4]["categories"] == ["Beauty", "Bath & Body"]
+    assert items[5] == {"item_id": "i6", "title": "", "title_raw": "", "categories": [],
+                        "brand": None, "price": None}
+    assert stats["items"] == 6 and stats["items_without_metadata"] == 1
+    assert stats["items_with_brand"] == 4 and stats["items_with_price"] == 4
+
+
+def test_load_items_ml100k_genres_under_movies_root():
+    items, stats = load_items("ml-100k")
+    assert stats["items"] == 1682 and stats["fields"]["title"] == "movie_title"
+    assert items[0] == {"item_id": "1", "title": "Toy Story", "title_raw": "Toy Story",
+                        "categories": ["Movies", "Animation", "Children's", "Comedy"],
+                        "brand": None, "price": None}
+
+
+def test_missing_column_error_names_file_and_column(tmp_path):
+    folder = tmp_path / DATASET
+    write_dataset(tmp_path)
+    (folder / f"{DATASET}.item").write_text("item_id:token\ttitle:token_seq\ti1\tx\n")
+    with pytest.raises(KeyError, match=r"tiny\.item: column 'categories' \(role 'category'"):
+        load_items(DATASET, str(tmp_path))
+    items, _ = load_items(DATASET, str(tmp_path),
+                          fields={"category": None, "brand": None, "price": None})
+    assert items[0]["categories"] == [] and items[0]["title"] == ""
+
+
+# ---------------------------------------------------------------------------------- build
+def test_build_manifest_and_artefacts(built):
+    data, art, (b, e, q) = built
+    root = art / DATASET / "knowledge"
+    assert b["status"] == "built" and b["stale_reasons"] == ["no manifest manifest.build.json"]
+    assert b["key"]["inputs"] == {
+        "item_sha256": hashlib.sha256((data / DATASET / "tiny.item").read_bytes()).hexdigest(),
+        "inter_sha256": hashlib.sha256((data / DATASET / "tiny.inter").read_bytes()).hexdigest()}
+    assert b["key"]["backend"] == "offline" and b["key"]["model"].startswith("makr-rules-v1-")
+    assert b["key"]["settings"] == {"category_level": 2, "subcategory_depth": 3,
+                                    "batch_size": 40, "sample_size": 20}
+    assert b["usage"]["requests"] == N_REQUESTS and b["usage"]["cache_hits"] == 0
+    assert b["grounding_rate"] == 1.0
+    c = b["counts"]
+    assert (c["items"], c["categories"], c["subcategories"]) == (6, 4, 5)
+    assert c["items_without_knowledge"] == 1 and c["items_without_metadata"] == 1
+    assert c["empty_demand_texts"] == 1 and c["empty_attribute_texts"] == 1
+    assert set(b["versions"]) >= {"recbole_reaseq", "torch", "sentence-transformers"}
+    assert set(b["timings"]) >= {"layer1_s", "layer2_s", "layer3_s", "total_s"}
+    assert sorted(b["outputs"]) == ["knowledge.jsonl", "refined.json", "taxonomy.json",
+                                    "texts.jsonl"]
+    for name in ["llm_cache.jsonl", "manifest.build.json", "tiny.itememb", "tiny.itemsid",
+                 "knowledge_emb.npy", "sid_codes.npy", "rqvae.pt", "manifest.encode.json",
+                 "manifest.quantize.json"]:
+        assert (root / name).is_file(), name
+    texts = [json.loads(l) for l in (root / "texts.jsonl").read_text().splitlines()]
+    assert [t["item_id"] for t in texts] == ITEMS_IN_INTER
+    assert texts[0] == {"item_id": "i1",
+                        "title": "Olay Regenerist Anti-Aging Moisturizing Cream, 1.7 oz",
+                        "demand": "need: anti-aging, moisturizing; category need: face",
+                        "attribute": "brand: olay; form: cream; size: 1.7 oz; "
+                                     "price band: mid; category: skin care, face"}
+    assert texts[5] == {"item_id": "i6", "title": "", "demand": "", "attribute": ""}
+    refined = json.loads((root / "refined.json").read_text())
+    assert sorted(refined) == ["Beauty > Bath & Body", "Beauty > Makeup > Eyes",
+                               "Beauty > Makeup > Nails", "Beauty > Skin Care > Face", "Unknown"]
+    assert refined["Beauty > Makeup > Eyes"]["demand"]["reasoning"].startswith("Sampled 1 of 1")
+    taxonomy = json.loads((root / "taxonomy.json").read_text())
+    assert sorted(taxonomy) == ["Bath & Body", "Makeup", "Skin Care", "Unknown"]
+
+
+def test_rerun_is_noop_and_forced_rerun_replays_cache(built, encoder):
+    data, art, _ = built
+    root = art / DATASET / "knowledge"
+    before = snapshot(root)
+    b, e, q = run_steps(data, art, encoder)
+    assert (b["status"], e["status"], q["status"]) == ("fresh", "fresh", "fresh")
+    assert snapshot(root) == before  # nothing rewritten, not even the manifests
+    forced = P.build(DATASET, data_path=str(data), artifact_dir=str(art), force=True)
+    assert forced["status"] == "built"
+    assert forced["usage"]["requests"] == 0 and forced["usage"]["cache_hits"] == N_REQUESTS
+    after = snapshot(root)
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {"manifest.build.json"}  # timings/created only; artefacts byte-equal
+    assert forced["fingerprint"] == json.loads((root / "manifest.encode.json").read_text()
+                                               )["key"]["build"]
+    assert P.encode(DATASET, data_path=str(data), artifact_dir=str(art),
+                    encoder=encoder)["status"] == "fresh"
+
+
+def test_changed_item_file_is_stale_and_rebuilt(tmp_path, built, encoder):
+    data0, art0, _ = built
+    data, art = tmp_path / "data", tmp_path / "artifacts"
+    shutil.copytree(data0, data)
+    shutil.copytree(art0, art)
+    common = {"data_path": str(data), "artifact_dir": str(art)}
+    rows = [r if r[0] != "i3" else ("i3", "Maybelline Volumizing Mascara", *r[2:])
+            for r in ITEM_ROWS]
+    write_dataset(data, rows)
+    with pytest.raises(P.StaleUpstreamError, match="other .item/.inter files"):
+        P.encode(DATASET, **common, encoder=encoder)
+    b = P.build(DATASET, **common)
+    assert b["status"] == "built" and any(r.startswith("inputs.item_sha256:")
+                                          for r in b["stale_reasons"])
+    # only prompts that show i3 are new: L1 Makeup x 2 streams, L2 Makeup > Eyes x 2, L3 i3
+    assert b["usage"]["requests"] == 5 and b["usage"]["cache_hits"] == N_REQUESTS - 5
+    e = P.encode(DATASET, **common, encoder=encoder)
+    assert e["status"] == "built" and any(r.startswith("inputs.item_sha256:")
+                                          for r in e["stale_reasons"])
+    q = P.quantize(DATASET, **common, **TINY_QUANT)
+    assert q["status"] == "built"
+    # a modified output is detected too
+    (art / DATASET / "knowledge" / "texts.jsonl").write_text("{}\n")
+    fresh, reasons = P.status(P.artifact_paths(DATASET, str(art)), "build",
+                              P.read_manifest(P.artifact_paths(DATASET, str(art)), "build")["key"])
+    assert not fresh and reasons == ["output texts.jsonl was modified (sha256 differs from the "
+                                     "manifest)"]
+    # a changed setting is stale as well
+    b2 = P.build(DATASET, **common, sample_size=5)
+    assert b2["stale_reasons"][0] == "settings.sample_size: 20 -> 5"
+
+
+# ---------------------------------------------------------------------------------- encode
+def test_feature_file_round_trip_exact(built):
+    data, art, (_, e, _) = built
+    paths = P.artifact_paths(DATASET, str(art))
+    ids, fields = P.read_item_features(paths.itememb)
+    assert ids == ITEMS_IN_INTER
+    assert list(fields) == ["demand_emb", "attribute_emb", "knowledge_emb"]
+    header = paths.itememb.read_text().splitlines()[0]
+    assert header == ("item_id:token\tdemand_emb:float_seq\tattribute_emb:float_seq\t"
+                      "knowledge_emb:float_seq")
+    for name, mat in fields.items():
+        npy_ids, npy = P._load_npy(paths, name)
+        assert npy_ids == ITEMS_IN_INTER and npy.dtype == np.float32 and npy.shape == (6, 384)
+        assert np.array_equal(mat, npy), name  # exact float32 round trip through %.9g
+    assert np.array_equal(fields["knowledge_emb"], fields["demand_emb"] + fields["attribute_emb"])
+    assert not fields["knowledge_emb"][5].any()  # i6: no knowledge -> zero vector
+    assert e["counts"] == {"items": 6, "dim": 384, "texts": 12, "unique_texts": 10,
+                           "empty_demand_texts": 1, "empty_attribute_texts": 1}
+    assert e["encoder"]["name"] == P.DEFAULT_ENCODER
+
+
+def _recbole_dataset(data: Path, art: Path, workdir: str, overrides: dict):
+    from recbole.data import create_dataset
+
+    from recbole_reaseq.config import Config
+
+    base = {"data_path": str(data), "reaseq_artifact_dir": str(art), "state": "WARNING",
+            "load_col": {"inter": ["user_id", "item_id", "timestamp"],
+                         "item": ["item_id", "price"]},
+            "normalize_all": True, "checkpoint_dir": os.path.join(workdir, "saved")}
+    config = Config(model="SASRec", dataset=DATASET, config_dict=base)
+    over = P.recbole_overrides(config, fields=["demand_emb", "knowledge_emb"], sid=True,
+                               data_path=str(data)) if overrides is None else overrides
+    config = Config(model="SASRec", dataset=DATASET, config_dict={**base, **over})
+    return create_dataset(config), over
+
+
+def test_recbole_loads_features_unscaled(built, workdir):
+    data, art, _ = built
+    paths = P.artifact_paths(DATASET, str(art))
+    ds, over = _recbole_dataset(data, art, workdir, None)
+    assert over["normalize_all"] is False
+    assert over["normalize_field"] == ["timestamp", "price"]  # what normalize_all would touch
+    assert over["additional_feat_suffix"] == ["itememb", "itemsid"]
+    assert over["load_col"]["itememb"] == ["item_id", "demand_emb", "knowledge_emb"]
+    assert over["load_col"]["itemsid"] == ["item_id", "sid_0", "sid_1", "sid_2"]
+    assert Path(over["data_path"]) == paths.view_root
+    tokens = ds.id2token("item_id", ds.itememb_feat["item_id"].numpy())
+    for field in ("demand_emb", "knowledge_emb"):
+        _, written = P._load_npy(paths, field)
+        loaded = ds.itememb_feat[field].numpy()  # [6, 384] in RecBole's row order
+        expected = written[[ITEMS_IN_INTER.index(t) for t in tokens]]
+        assert np.array_equal(loaded, expected), field  # exact: not rescaled
+    prices = ds.item_feat["price"].numpy()
+    assert prices.min() >= 0.0 and prices.max() == 1.0  # the other float fields still are
+    sid_ids, sid = P.read_sid(paths.itemsid)
+    assert sid_ids == ITEMS_IN_INTER and sid.shape == (6, 3)
+    assert ds.itemsid_feat["sid_0"].shape == (6,)
+    matrix = P.item_matrix(ds, "knowledge_emb")  # internal id order, row 0 = padding
+    _, knowledge = P._load_npy(paths, "knowledge_emb")
+    assert matrix.shape == (ds.item_num, 384) and not matrix[0].any()
+    for internal in range(1, ds.item_num):
+        token = ds.id2token("item_id", internal)
+        assert np.array_equal(matrix[internal], knowledge[ITEMS_IN_INTER.index(token)])
+
+
+def test_recbole_normalize_all_would_rescale_float_seq(built, workdir):
+    """Documents RecBole 1.2.1: normalize_all min-max scales float_seq fields too."""
+    data, art, _ = built
+    paths = P.artifact_paths(DATASET, str(art))
+    P.recbole_view(DATASET, str(data), str(art))
+    naive = {"data_path": str(paths.view_root), "additional_feat_suffix": ["itememb"],
+             "load_col": {"inter": ["user_id", "item_id", "timestamp"],
+                          "item": ["item_id", "price"], "itememb": ["item_id", "knowledge_emb"]}}
+    ds, _ = _recbole_dataset(data, art, workdir, naive)
+    loaded = ds.itememb_feat["knowledge_emb"].numpy()
+    assert loaded.min() == 0.0 and loaded.max() == 1.0  # rescaled: the bug the overrides avoid
+
+
+# ---------------------------------------------------------------------------------- quantize
+def test_quantize_outputs(built):
+    data, art, (_, _, q) = built
+    paths = P.artifact_paths(DATASET, str(art))
+    lines = paths.itemsid.read_text().splitlines()
+    assert lines[0] == "item_id:token\tsid_0:token\tsid_1:token\tsid_2:token"
+    ids, codes = P.read_sid(paths.itemsid)
+    npy_ids, npy = P._load_npy(paths, "sid_codes")
+    assert ids == npy_ids == ITEMS_IN_INTER and np.array_equal(codes, npy)
+    assert codes[:, :2].max() < 4 and len({tuple(r) for r in codes.tolist()}) == 6  # unique
+    r = q["report"]
+    assert r["n_items"] == 6 and len(r["utilisation"]) == 2 and len(r["entropy_norm"]) == 2
+    assert 0.0 <= r["collision_rate"] <= 1.0 and "recon_rel" in r
+    assert q["key"]["settings"]["codes"] == 4 and q["counts"] == {"items": 6, "levels": 3}
+    state = torch.load(paths.rqvae, weights_only=False)
+    assert state["item_ids"] == ITEMS_IN_INTER and state["config"]["codebook_size"] == 4
+
+
+# ---------------------------------------------------------------------------------- evaluate
+def test_leave_one_out_stable_ties(tmp_path):
+    data = write_dataset(tmp_path)
+    histories, targets = P.leave_one_out(DATASET, str(data))
+    assert targets == ["i1", "i4", "i3", "i1"]  # u1: same-day tie keeps file order (i2, i1)
+    assert histories == [["i3", "i2"], ["i1", "i2", "i5"], ["i5", "i6"], ["i4"]]
+
+
+def test_evaluate_writes_table_with_backend_and_sasrec_row(built, encoder, tmp_path, workdir):
+    from recbole_reaseq.config import Config
+
+    data, art, _ = built
+    config = Config(model="SASRec", dataset=DATASET,
+                    config_dict={"data_path": str(data), "state": "WARNING",
+                                 "load_col": {"inter": ["user_id", "item_id", "timestamp"]}})
+    weight = torch.arange(7 * 3, dtype=torch.float32).reshape(7, 3)  # 6 items + padding
+    ckpt = tmp_path / "SASRec-tiny.pth"
+    torch.save({"config": config, "state_dict": {"item_embedding.weight": weight}}, ckpt)
+    m = P.evaluate(DATASET, data_path=str(data), artifact_dir=str(art), ks=(1, 5),
+                   out_dir=str(tmp_path / "results"), encoder=encoder,
+                   sasrec_checkpoint=str(ckpt), use_faiss=False)
+    reps = [r["representation"] for r in m["rows"]]
+    assert reps == ["title only", "demand only", "attribute only",
+                    "knowledge (demand + attribute)", "ID embedding (SASRec)"]
+    assert m["counts"] == {"items": 6, "users": 4, "sasrec_missing_items": 0}
+    for r in m["rows"]:
+        assert r["n_users"] == 4 and r["n_targets"] == 3
+        assert 0.0 <= r["HR@1"] <= r["HR@5"] <= 1.0
+        assert r["HR@5"] == 1.0  # k=5 = every other item of the 6-item catalogue
+    md = (tmp_path / "results" / "representations_tiny.md").read_text()
+    csv_lines = (tmp_path / "results" / "representations_tiny.csv").read_text().splitlines()
+    assert "offline (makr-rules-v1-" in md and "| knowledge (demand + attribute) | offline" in md
+    assert csv_lines[0].startswith("representation,backend,encoder,dim,HR@1,HR@5,")
+    assert len(csv_lines) == 6
+    assert m["title_embeddings_cached"] is False
+    again = P.evaluate(DATASET, data_path=str(data), artifact_dir=str(art), ks=(1, 5),
+                       out_dir=None, encoder=encoder, use_faiss=False)
+    assert again["title_embeddings_cached"] is True and again["rows"][:4] == m["rows"][:4]
+
+
+# ---------------------------------------------------------------------------------- glue
+def test_ensure_artifacts_and_attach_to_config(built, workdir):
+    from recbole_reaseq.config import Config
+
+    data, art, _ = built
+    root = art / DATASET / "knowledge"
+    before = snapshot(root)
+    config = Config(model="SASRec", dataset=DATASET,
+                    config_dict={"data_path": str(data), "reaseq_artifact_dir": str(art),
+                                 "state": "WARNING"})
+    paths = P.ensure_artifacts(config, steps=("build", "encode"))
+    assert paths.root == root.resolve()
+    P.attach_to_config(config, build_missing=False)
+    assert config["data_path"] == str(paths.view_root / DATASET)
+    assert config["additional_feat_suffix"] == ["itememb"]
+    assert config["normalize_all"] is False
+    before_view = {k: v for k, v in before.items() if not k.startswith("recbole/")}
+    after_view = {k: v for k, v in snapshot(root).items() if not k.startswith("recbole/")}
+    assert after_view == before_view  # fresh: nothing rebuilt
+    with pytest.raises(KeyError, match="unknown key 'levelz'"):
+        P.ensure_artifacts({"dataset": DATASET, "reaseq_knowledge": {"levelz": 2}})
+
+
+def test_never_writes_into_site_packages():
+    purelib = sysconfig.get_paths()["purelib"]
+    with pytest.raises(ValueError, match="inside site-packages"):
+        P.artifact_paths("ml-100k", os.path.join(purelib, "recbole", "dataset_example"))
+    ml100k = Path(purelib) / "recbole" / "dataset_example" / "ml-100k"
+    assert sorted(p.name for p in ml100k.iterdir()) == ["ml-100k.inter", "ml-100k.item",
+                                                         "ml-100k.user"]
+
+
+def test_openai_backend_selectable_key_from_env_only(monkeypatch):
+    monkeypatch.setenv("REASEQ_LLM_API_KEY", "sk-test-secret")
+    backend = P.make_backend("openai", base_url="http://127.0.0.1:9/v1", llm_model="m1")
+    assert isinstance(backend, OpenAIBackend)
+    assert backend.describe()["api_key"] == "set" and "sk-test" not in repr(backend)
+    with pytest.raises(ValueError, match="offline' or 'openai'"):
+        P.make_backend("claude")
+
+
+def test_cli_reports_fresh_steps(built, capsys):
+    data, art, _ = built
+    rc = cli_main(["all", "--dataset", DATASET, "--data_path", str(data), "--artifact_dir",
+                   str(art), "--quiet", "--levels", "2", "--codes", "4", "--latent-dim", "4",
+                   "--epochs", "3", "--rq-batch-size", "4", "--dead-code-steps", "2", "--ks",
+                   "1,5", "--out_dir", "", "--no-faiss"][:-3] + ["build", "encode"][:0]
+                  if False else ["build", "--dataset", DATASET, "--data_path", str(data),
+                                 "--artifact_dir", str(art), "--quiet"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "== build: fresh" in out and "grounding rate 1.0000" in out
+    rc = cli_main(["encode", "--dataset", "nope", "--data_path", str(data), "--quiet"])
+    assert rc == 2 and "nope" in capsys.readouterr().err
