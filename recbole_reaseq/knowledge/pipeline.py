@@ -224,15 +224,18 @@ def _atomic_open(path: Path, mode: str = "w") -> Iterator[Any]:
             tmp.unlink()
 
 
-def _write_json(path: Path, obj: Any) -> None:
+def _write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
+    """Indented JSON; sorted keys by default, so that the bytes do not depend on whether an answer
+    came from the backend or from the cache (which stores canonical, key-sorted JSON)."""
     with _atomic_open(path) as f:
-        f.write(json.dumps(obj, ensure_ascii=False, indent=1) + "\n")
+        f.write(json.dumps(obj, ensure_ascii=False, indent=1, sort_keys=sort_keys) + "\n")
 
 
 def _write_jsonl(path: Path, rows: Sequence[Any]) -> None:
     with _atomic_open(path) as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+            f.write(json.dumps(row, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+                    + "\n")
 
 
 def _read_jsonl(path: Path) -> List[Any]:
@@ -386,7 +389,7 @@ def _finish(paths: KnowledgePaths, step: str, key: Dict[str, Any], outputs: Sequ
                 "outputs": {str(p.relative_to(paths.root)): {"bytes": p.stat().st_size,
                                                              "sha256": file_sha256(str(p))}
                             for p in outputs}}
-    _write_json(paths.manifest(step), manifest)
+    _write_json(paths.manifest(step), manifest, sort_keys=False)
     return dict(manifest, status="built")
 
 

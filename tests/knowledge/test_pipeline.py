@@ -194,8 +194,9 @@ def test_changed_item_file_is_stale_and_rebuilt(tmp_path, built, encoder):
     b = P.build(DATASET, **common)
     assert b["status"] == "built" and any(r.startswith("inputs.item_sha256:")
                                           for r in b["stale_reasons"])
-    # only prompts that show i3 are new: L1 Makeup x 2 streams, L2 Makeup > Eyes x 2, L3 i3
-    assert b["usage"]["requests"] == 5 and b["usage"]["cache_hits"] == N_REQUESTS - 5
+    # new prompts: L1 Makeup x 2 streams (i3's title); its new need "volumizing" changes the
+    # Makeup taxonomy, so L2 of Makeup > Eyes and Makeup > Nails x 2 streams, and L3 of i3, i4
+    assert b["usage"]["requests"] == 8 and b["usage"]["cache_hits"] == N_REQUESTS - 8
     e = P.encode(DATASET, **common, encoder=encoder)
     assert e["status"] == "built" and any(r.startswith("inputs.item_sha256:")
                                           for r in e["stale_reasons"])
@@ -259,17 +260,19 @@ def test_recbole_loads_features_unscaled(built, workdir):
     assert over["load_col"]["itememb"] == ["item_id", "demand_emb", "knowledge_emb"]
     assert over["load_col"]["itemsid"] == ["item_id", "sid_0", "sid_1", "sid_2"]
     assert Path(over["data_path"]) == paths.view_root
-    tokens = ds.id2token("item_id", ds.itememb_feat["item_id"].numpy())
+    tokens = ds.id2token("item_id", ds.itememb_feat["item_id"].to_numpy())
     for field in ("demand_emb", "knowledge_emb"):
         _, written = P._load_npy(paths, field)
-        loaded = ds.itememb_feat[field].numpy()  # [6, 384] in RecBole's row order
+        loaded = np.stack(ds.itememb_feat[field].to_list())  # [6, 384] in RecBole's row order
+        assert loaded.dtype == np.float64  # RecBole parses float64; float32 values are exact
         expected = written[[ITEMS_IN_INTER.index(t) for t in tokens]]
         assert np.array_equal(loaded, expected), field  # exact: not rescaled
-    prices = ds.item_feat["price"].numpy()
+    prices = ds.item_feat["price"].to_numpy()
     assert prices.min() >= 0.0 and prices.max() == 1.0  # the other float fields still are
     sid_ids, sid = P.read_sid(paths.itemsid)
     assert sid_ids == ITEMS_IN_INTER and sid.shape == (6, 3)
     assert ds.itemsid_feat["sid_0"].shape == (6,)
+    assert ds.num("sid_0") <= 5  # own vocabulary per level: <= K codes + padding
     matrix = P.item_matrix(ds, "knowledge_emb")  # internal id order, row 0 = padding
     _, knowledge = P._load_npy(paths, "knowledge_emb")
     assert matrix.shape == (ds.item_num, 384) and not matrix[0].any()
@@ -287,7 +290,7 @@ def test_recbole_normalize_all_would_rescale_float_seq(built, workdir):
              "load_col": {"inter": ["user_id", "item_id", "timestamp"],
                           "item": ["item_id", "price"], "itememb": ["item_id", "knowledge_emb"]}}
     ds, _ = _recbole_dataset(data, art, workdir, naive)
-    loaded = ds.itememb_feat["knowledge_emb"].numpy()
+    loaded = np.concatenate(ds.itememb_feat["knowledge_emb"].to_list())
     assert loaded.min() == 0.0 and loaded.max() == 1.0  # rescaled: the bug the overrides avoid
 
 
@@ -377,8 +380,8 @@ def test_never_writes_into_site_packages():
     with pytest.raises(ValueError, match="inside site-packages"):
         P.artifact_paths("ml-100k", os.path.join(purelib, "recbole", "dataset_example"))
     ml100k = Path(purelib) / "recbole" / "dataset_example" / "ml-100k"
-    assert sorted(p.name for p in ml100k.iterdir()) == ["ml-100k.inter", "ml-100k.item",
-                                                         "ml-100k.user"]
+    assert sorted(p.name for p in ml100k.iterdir()) == [
+        "ml-100k.inter", "ml-100k.item", "ml-100k.kg", "ml-100k.link", "ml-100k.user"]
 
 
 def test_openai_backend_selectable_key_from_env_only(monkeypatch):
@@ -392,14 +395,15 @@ def test_openai_backend_selectable_key_from_env_only(monkeypatch):
 
 def test_cli_reports_fresh_steps(built, capsys):
     data, art, _ = built
-    rc = cli_main(["all", "--dataset", DATASET, "--data_path", str(data), "--artifact_dir",
-                   str(art), "--quiet", "--levels", "2", "--codes", "4", "--latent-dim", "4",
-                   "--epochs", "3", "--rq-batch-size", "4", "--dead-code-steps", "2", "--ks",
-                   "1,5", "--out_dir", "", "--no-faiss"][:-3] + ["build", "encode"][:0]
-                  if False else ["build", "--dataset", DATASET, "--data_path", str(data),
-                                 "--artifact_dir", str(art), "--quiet"])
+    common = ["--dataset", DATASET, "--data_path", str(data), "--artifact_dir", str(art),
+              "--quiet"]
+    rc = cli_main(["build", *common])
+    assert rc == 0
+    rc = cli_main(["quantize", *common, "--levels", "2", "--codes", "4", "--latent-dim", "4",
+                   "--epochs", "3", "--rq-batch-size", "4", "--dead-code-steps", "2"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "== build: fresh" in out and "grounding rate 1.0000" in out
+    assert "== build: fresh" in out and "grounding rate 1.0000 (9/9 evidence)" in out
+    assert "== quantize: fresh" in out and "collision rate" in out
     rc = cli_main(["encode", "--dataset", "nope", "--data_path", str(data), "--quiet"])
     assert rc == 2 and "nope" in capsys.readouterr().err
