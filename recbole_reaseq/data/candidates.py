@@ -95,6 +95,15 @@ class CandidateSet:
             raise KeyError(f"user id {err.args[0]} has no CTR candidate set; the candidate "
                            "file does not match this data set (delete it to rebuild).") from None
 
+    def valid_subset(self, n_users: int, seed: int) -> np.ndarray:
+        """[U] bool: a fixed random subset of ``n_users`` users for cheaper early stopping."""
+        mask = np.zeros(len(self.user_ids), dtype=bool)
+        if n_users >= len(mask):
+            mask[:] = True
+        else:
+            mask[np.random.default_rng(seed).choice(len(mask), n_users, replace=False)] = True
+        return mask
+
     def candidates(self, uids, phase: str) -> np.ndarray:
         """[B, 1 + n] item ids: column 0 is the held-out positive of ``phase``."""
         rows = self.rows(uids)

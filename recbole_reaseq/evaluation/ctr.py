@@ -101,11 +101,18 @@ def evaluate_ctr(model, eval_data, candidates: CandidateSet, phase: str, config)
     uid_f, iid_f = dataset.uid_field, dataset.iid_field
     device = config["device"]
     model.eval()
+    limit = config["ctr_valid_max_users"] if phase == "valid" else None
+    subset = candidates.valid_subset(limit, config["ctr_candidate_seed"]) if limit else None
     all_scores, all_uids = [], []
     for interaction, _history, _pos_u, _pos_i in eval_data:
         if uid_f not in interaction.interaction:
             raise KeyError(f"eval batch has no '{uid_f}' field")
         uids = interaction[uid_f].numpy()
+        if subset is not None:
+            keep = np.flatnonzero(subset[candidates.rows(uids)])
+            if len(keep) == 0:
+                continue
+            interaction, uids = interaction[torch.as_tensor(keep)], uids[keep]
         cands = torch.as_tensor(candidates.candidates(uids, phase))   # [B, C]
         if iid_f in interaction.interaction and not torch.equal(interaction[iid_f], cands[:, 0]):
             raise ValueError(f"the stored {phase} positives differ from RecBole's split; the "

@@ -2,11 +2,12 @@
 
 ::
 
-    python -m recbole_reaseq.knowledge {build,encode,quantize,evaluate,all} --dataset NAME
+    python -m recbole_reaseq.knowledge {build,encode,quantize,evaluate,all} [...] --dataset NAME
         [--data_path DIR] [--artifact_dir DIR] [--backend offline|openai --base-url URL
         --model NAME] [--encoder PATH] [--levels 3 --codes 256 ...] [--force]
 
-Each step is skipped when its artefacts are fresh (see :mod:`.pipeline`); ``--force`` reruns it
+Several commands run in order in one process (``build encode``). Each step is skipped when its
+artefacts are fresh (see :mod:`.pipeline`); ``--force`` reruns it
 (LLM answers still come from the cache). The OpenAI API key is read from the environment only
 (``REASEQ_LLM_API_KEY`` or ``OPENAI_API_KEY``), never from the command line.
 
@@ -15,7 +16,6 @@ NOTE: ``--threads`` defaults to torch's own choice; pass ``--threads 1`` on a sh
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Any, Dict, List, Optional, Sequence
@@ -35,7 +35,8 @@ def make_parser() -> argparse.ArgumentParser:
         description="ReaSeq reasoning-enhanced item representations: MAKR knowledge (build), "
                     "text embeddings (encode), RQ-VAE semantic IDs (quantize), HR@k table "
                     "(evaluate).")
-    p.add_argument("command", choices=COMMANDS)
+    p.add_argument("command", nargs="+", choices=COMMANDS,
+                   help="one or more steps, run in pipeline order; all = every step")
     p.add_argument("--dataset", required=True, help="data set name, e.g. ml-100k, amazon-beauty")
     p.add_argument("--data_path", "--data-path", default=None,
                    help="parent folder of <dataset>/ (default: RecBole's ml-100k, "
@@ -162,7 +163,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     evaluate_kw = {"ks": args.ks, "out_dir": args.out_dir,
                    "sasrec_checkpoint": args.sasrec_checkpoint, "use_faiss": args.use_faiss,
                    "batch_size": args.encode_batch_size, "device": args.device}
-    steps = pipeline.STEPS if args.command == "all" else (args.command,)
+    steps = [s for s in pipeline.STEPS if s in args.command or "all" in args.command]
     try:
         for step in steps:
             if step == "build":

@@ -833,7 +833,8 @@ _PACK_RE = re.compile(
     r"(?<!\w)(?:(?:pack|set|box|case)\s+of\s+(\d+)|(\d+)\s*-?\s*(packs?|pk|count|ct|pcs|pieces?|"
     r"pairs?|sets?)|(twin|double|triple)\s*-?\s*pack)(?!\w)", re.I)
 _SPF_RE = re.compile(r"(?<!\w)spf\s*-?\s*(\d+)(?!\w)", re.I)
-_UNIT = {"fl": "fl oz", "floz": "fl oz", "fluid": "fl oz", "oz": "oz", "ounce": "oz", "ounces": "oz", "ml": "ml",
+_UNIT = {"fl": "fl oz", "floz": "fl oz",  # "8floz": the pattern allows no space
+         "fluid": "fl oz", "oz": "oz", "ounce": "oz", "ounces": "oz", "ml": "ml",
          "milliliter": "ml", "milliliters": "ml", "millilitre": "ml", "millilitres": "ml",
          "kg": "kg", "g": "g", "gram": "g", "grams": "g", "lb": "lb", "lbs": "lb", "pound": "lb",
          "pounds": "lb", "mg": "mg"}

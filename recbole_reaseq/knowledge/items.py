@@ -120,7 +120,8 @@ def _text(value: Any) -> Optional[str]:
 
 
 def _categories(value: Optional[str]) -> List[str]:
-    """``"Beauty Hair_Care Styling_Products"`` -> ``["Beauty", "Hair Care", "Styling Products"]``."""
+    """``"Beauty Hair_Care Styling_Products"`` -> ``["Beauty", "Hair Care", "Styling Products"]``
+    (each level HTML-unescaped and NFKC-normalised)."""
     if not value:
         return []
     return [c for c in (clean_text(level.replace("_", " ")) for level in value.split(" ")) if c]

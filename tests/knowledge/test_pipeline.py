@@ -221,7 +221,7 @@ def test_feature_file_round_trip_exact(built):
     assert ids == ITEMS_IN_INTER
     assert list(fields) == ["demand_emb", "attribute_emb", "knowledge_emb"]
     header = paths.itememb.read_text().splitlines()[0]
-    assert header == ("item_id:token\tdemand_emb:float_seq\tattribute_emb:float_seq\t"
+    assert header == ("iid:token\tdemand_emb:float_seq\tattribute_emb:float_seq\t"
                       "knowledge_emb:float_seq")
     for name, mat in fields.items():
         npy_ids, npy = P._load_npy(paths, name)
@@ -234,64 +234,90 @@ def test_feature_file_round_trip_exact(built):
     assert e["encoder"]["name"] == P.DEFAULT_ENCODER
 
 
-def _recbole_dataset(data: Path, art: Path, workdir: str, overrides: dict):
-    from recbole.data import create_dataset
+BASE_LOAD_COL = {"inter": ["user_id", "item_id", "timestamp"], "item": ["item_id", "price"]}
+
+
+def _recbole_dataset(data: Path, art: Path, workdir: str, overrides=None, **extra):
+    """(dataset after data_preparation, the overrides used)."""
+    from recbole.data import create_dataset, data_preparation
 
     from recbole_reaseq.config import Config
 
     base = {"data_path": str(data), "reaseq_artifact_dir": str(art), "state": "WARNING",
-            "load_col": {"inter": ["user_id", "item_id", "timestamp"],
-                         "item": ["item_id", "price"]},
-            "normalize_all": True, "checkpoint_dir": os.path.join(workdir, "saved")}
+            "load_col": BASE_LOAD_COL, "normalize_all": True, "MAX_ITEM_LIST_LENGTH": 5,
+            "checkpoint_dir": os.path.join(workdir, "saved"), **extra}
     config = Config(model="SASRec", dataset=DATASET, config_dict=base)
-    over = P.recbole_overrides(config, fields=["demand_emb", "knowledge_emb"], sid=True,
-                               data_path=str(data)) if overrides is None else overrides
-    config = Config(model="SASRec", dataset=DATASET, config_dict={**base, **over})
-    return create_dataset(config), over
+    if overrides is None:
+        overrides = P.recbole_overrides(config, fields=["knowledge_emb", "demand_emb"], sid=True,
+                                        data_path=str(data))
+    config = Config(model="SASRec", dataset=DATASET, config_dict={**base, **overrides})
+    ds = create_dataset(config)
+    data_preparation(config, ds)  # ds.build(): fails if an id column was not re-mapped
+    return ds, overrides
+
+
+def _by_internal_id(ds, written: np.ndarray) -> np.ndarray:
+    """Rows of ``written`` (ITEMS_IN_INTER order) in RecBole's internal id order, row 0 = 0."""
+    out = np.zeros((ds.item_num, written.shape[1]), dtype=written.dtype)
+    for internal in range(1, ds.item_num):
+        token = ds.id2token("item_id", internal)
+        if token in ITEMS_IN_INTER:  # i9 (.item only) is an item to RecBole, without a row
+            out[internal] = written[ITEMS_IN_INTER.index(token)]
+    return out
 
 
 def test_recbole_loads_features_unscaled(built, workdir):
     data, art, _ = built
     paths = P.artifact_paths(DATASET, str(art))
-    ds, over = _recbole_dataset(data, art, workdir, None)
+    ds, over = _recbole_dataset(data, art, workdir)
     assert over["normalize_all"] is False
     assert over["normalize_field"] == ["timestamp", "price"]  # what normalize_all would touch
     assert over["additional_feat_suffix"] == ["itememb", "itemsid"]
-    assert over["load_col"]["itememb"] == ["item_id", "demand_emb", "knowledge_emb"]
-    assert over["load_col"]["itemsid"] == ["item_id", "sid_0", "sid_1", "sid_2"]
+    assert over["load_col"]["itememb"] == ["iid", "knowledge_emb", "demand_emb"]
+    assert over["load_col"]["itemsid"] == ["iid_sid", "sid"]
+    assert over["alias_of_item_id"] == ["iid", "iid_sid"]
+    assert over["preload_weight"] == {"iid": "knowledge_emb", "iid_sid": "sid"}
     assert Path(over["data_path"]) == paths.view_root
-    tokens = ds.id2token("item_id", ds.itememb_feat["item_id"].to_numpy())
-    for field in ("demand_emb", "knowledge_emb"):
-        _, written = P._load_npy(paths, field)
-        loaded = np.stack(ds.itememb_feat[field].to_list())  # [6, 384] in RecBole's row order
-        assert loaded.dtype == np.float64  # RecBole parses float64; float32 values are exact
-        expected = written[[ITEMS_IN_INTER.index(t) for t in tokens]]
-        assert np.array_equal(loaded, expected), field  # exact: not rescaled
-    prices = ds.item_feat["price"].to_numpy()
-    assert prices.min() >= 0.0 and prices.max() == 1.0  # the other float fields still are
-    sid_ids, sid = P.read_sid(paths.itemsid)
-    assert sid_ids == ITEMS_IN_INTER and sid.shape == (6, 3)
-    assert ds.itemsid_feat["sid_0"].shape == (6,)
-    assert ds.num("sid_0") <= 5  # own vocabulary per level: <= K codes + padding
-    matrix = P.item_matrix(ds, "knowledge_emb")  # internal id order, row 0 = padding
+    assert ds.item_num == 8  # padding + 6 items + i9 (in .item only): no phantom items
     _, knowledge = P._load_npy(paths, "knowledge_emb")
-    assert matrix.shape == (ds.item_num, 384) and not matrix[0].any()
-    for internal in range(1, ds.item_num):
-        token = ds.id2token("item_id", internal)
-        assert np.array_equal(matrix[internal], knowledge[ITEMS_IN_INTER.index(token)])
+    _, demand = P._load_npy(paths, "demand_emb")
+    preload = ds.get_preload_weight("iid")  # [8, 384] float64 parsed from "%.9g" text
+    # exact: the float32 values written come back bit for bit (and are not rescaled)
+    assert np.array_equal(preload.astype(np.float32), _by_internal_id(ds, knowledge))
+    feat = ds.itememb_feat  # an Interaction after build(); iid in the item_id space
+    order = feat["iid"].numpy()
+    assert sorted(ds.id2token("item_id", order).tolist()) == ITEMS_IN_INTER
+    loaded = feat["demand_emb"].numpy()  # float32 [6, 384]
+    assert np.array_equal(loaded, _by_internal_id(ds, demand)[order])
+    prices = ds.item_feat["price"].numpy()
+    assert prices.max() == 1.0  # the other float fields are still normalised
+    assert np.array_equal(P.item_matrix(ds, "knowledge_emb"), _by_internal_id(ds, knowledge))
+    codes = ds.get_preload_weight("iid_sid")  # [8, 3] float64 codes, internal id order
+    assert np.array_equal(codes.astype(np.int64), P.item_matrix(ds, "sid_codes"))
+    assert P.item_matrix(ds, "sid_codes").dtype == np.int64
 
 
-def test_recbole_normalize_all_would_rescale_float_seq(built, workdir):
-    """Documents RecBole 1.2.1: normalize_all min-max scales float_seq fields too."""
+def test_recbole_normalisation_of_float_seq(built, workdir):
+    """Documents RecBole 1.2.1: normalize_all skips additional-file fields, an explicit
+    normalize_field rescales them (min-max over all values) -- the overrides strip ours."""
     data, art, _ = built
     paths = P.artifact_paths(DATASET, str(art))
-    P.recbole_view(DATASET, str(data), str(art))
-    naive = {"data_path": str(paths.view_root), "additional_feat_suffix": ["itememb"],
-             "load_col": {"inter": ["user_id", "item_id", "timestamp"],
-                          "item": ["item_id", "price"], "itememb": ["item_id", "knowledge_emb"]}}
-    ds, _ = _recbole_dataset(data, art, workdir, naive)
-    loaded = np.concatenate(ds.itememb_feat["knowledge_emb"].to_list())
-    assert loaded.min() == 0.0 and loaded.max() == 1.0  # rescaled: the bug the overrides avoid
+    view = P.recbole_view(DATASET, str(data), str(art))
+    naive = {"data_path": str(view), "additional_feat_suffix": ["itememb"],
+             "alias_of_item_id": ["iid"], "preload_weight": {"iid": "knowledge_emb"},
+             "load_col": {**BASE_LOAD_COL, "itememb": ["iid", "knowledge_emb"]}}
+    _, knowledge = P._load_npy(paths, "knowledge_emb")
+    ds, _ = _recbole_dataset(data, art, workdir, naive)  # normalize_all: True
+    assert np.array_equal(ds.get_preload_weight("iid").astype(np.float32),
+                          _by_internal_id(ds, knowledge))
+    ds, _ = _recbole_dataset(data, art, workdir, {**naive, "normalize_all": False,
+                                                  "normalize_field": ["knowledge_emb"]})
+    rescaled = ds.get_preload_weight("iid")[1:]
+    assert rescaled.min() == 0.0 and rescaled.max() == 1.0  # destroyed
+    config = {"dataset": DATASET, "data_path": str(data), "reaseq_artifact_dir": str(art),
+              "load_col": BASE_LOAD_COL, "normalize_field": ["price", "knowledge_emb"]}
+    over = P.recbole_overrides(config)
+    assert over["normalize_field"] == ["price"] and over["normalize_all"] is False
 
 
 # ---------------------------------------------------------------------------------- quantize
@@ -299,7 +325,7 @@ def test_quantize_outputs(built):
     data, art, (_, _, q) = built
     paths = P.artifact_paths(DATASET, str(art))
     lines = paths.itemsid.read_text().splitlines()
-    assert lines[0] == "item_id:token\tsid_0:token\tsid_1:token\tsid_2:token"
+    assert lines[0] == "iid_sid:token\tsid:float_seq" and len(lines) == 7
     ids, codes = P.read_sid(paths.itemsid)
     npy_ids, npy = P._load_npy(paths, "sid_codes")
     assert ids == npy_ids == ITEMS_IN_INTER and np.array_equal(codes, npy)
@@ -327,9 +353,14 @@ def test_evaluate_writes_table_with_backend_and_sasrec_row(built, encoder, tmp_p
     config = Config(model="SASRec", dataset=DATASET,
                     config_dict={"data_path": str(data), "state": "WARNING",
                                  "load_col": {"inter": ["user_id", "item_id", "timestamp"]}})
-    weight = torch.arange(7 * 3, dtype=torch.float32).reshape(7, 3)  # 6 items + padding
+    weight = torch.arange(7 * 3, dtype=torch.float32).reshape(7, 3)  # padding + 6 items
     ckpt = tmp_path / "SASRec-tiny.pth"
-    torch.save({"config": config, "state_dict": {"item_embedding.weight": weight}}, ckpt)
+    torch.save({"config": config, "epoch": 3, "best_valid_score": 0.5,
+                "state_dict": {"item_embedding.weight": weight}}, ckpt)
+    emb, missing, label = P._sasrec_embeddings(str(ckpt), ITEMS_IN_INTER)
+    tokens = ["[PAD]", "i3", "i2", "i1", "i4", "i5", "i6"]  # RecBole's remap order (.inter only)
+    assert missing == 0 and label == "SASRec checkpoint SASRec-tiny.pth (epoch 3, best valid 0.5)"
+    assert np.array_equal(emb, weight.numpy()[[tokens.index(i) for i in ITEMS_IN_INTER]])
     m = P.evaluate(DATASET, data_path=str(data), artifact_dir=str(art), ks=(1, 5),
                    out_dir=str(tmp_path / "results"), encoder=encoder,
                    sasrec_checkpoint=str(ckpt), use_faiss=False)
@@ -344,6 +375,8 @@ def test_evaluate_writes_table_with_backend_and_sasrec_row(built, encoder, tmp_p
     md = (tmp_path / "results" / "representations_tiny.md").read_text()
     csv_lines = (tmp_path / "results" / "representations_tiny.csv").read_text().splitlines()
     assert "offline (makr-rules-v1-" in md and "| knowledge (demand + attribute) | offline" in md
+    assert "rule-based stand-in" in md and f"--artifact_dir {art}" in md
+    assert "| ID embedding (SASRec) | - | SASRec checkpoint SASRec-tiny.pth (epoch 3" in md
     assert csv_lines[0].startswith("representation,backend,encoder,dim,HR@1,HR@5,")
     assert len(csv_lines) == 6
     assert m["title_embeddings_cached"] is False
@@ -367,7 +400,8 @@ def test_ensure_artifacts_and_attach_to_config(built, workdir):
     P.attach_to_config(config, build_missing=False)
     assert config["data_path"] == str(paths.view_root / DATASET)
     assert config["additional_feat_suffix"] == ["itememb"]
-    assert config["normalize_all"] is False
+    assert config["alias_of_item_id"] == ["iid"]
+    assert config["normalize_all"] is False  # ml-100k's RecBole YAML would set it
     before_view = {k: v for k, v in before.items() if not k.startswith("recbole/")}
     after_view = {k: v for k, v in snapshot(root).items() if not k.startswith("recbole/")}
     assert after_view == before_view  # fresh: nothing rebuilt
@@ -391,6 +425,13 @@ def test_openai_backend_selectable_key_from_env_only(monkeypatch):
     assert backend.describe()["api_key"] == "set" and "sk-test" not in repr(backend)
     with pytest.raises(ValueError, match="offline' or 'openai'"):
         P.make_backend("claude")
+    from recbole_reaseq.knowledge.__main__ import make_parser
+
+    args = make_parser().parse_args(["build", "encode", "--dataset", "d", "--backend", "openai",
+                                     "--base-url", "http://h/v1", "--model", "gpt-x"])
+    assert (args.command, args.backend, args.base_url, args.llm_model) == (
+        ["build", "encode"], "openai", "http://h/v1", "gpt-x")
+    assert not any("key" in a.dest for a in make_parser()._actions)  # key: environment only
 
 
 def test_cli_reports_fresh_steps(built, capsys):
@@ -403,7 +444,17 @@ def test_cli_reports_fresh_steps(built, capsys):
                    "--epochs", "3", "--rq-batch-size", "4", "--dead-code-steps", "2"])
     out = capsys.readouterr().out
     assert rc == 0
-    assert "== build: fresh" in out and "grounding rate 1.0000 (9/9 evidence)" in out
+    assert "== build: fresh" in out and "grounding rate 1.0000 (34/34 evidence)" in out
     assert "== quantize: fresh" in out and "collision rate" in out
     rc = cli_main(["encode", "--dataset", "nope", "--data_path", str(data), "--quiet"])
     assert rc == 2 and "nope" in capsys.readouterr().err
+
+
+def test_size_without_space_before_floz_regression():
+    """Beauty titles such as '8floz' crashed the offline backend (KeyError 'floz')."""
+    from recbole_reaseq.knowledge.backends import extract_facets
+
+    facets = extract_facets({"item_id": "x", "title": "Body Lotion 8floz, 2 FL.OZ",
+                             "categories": ["Beauty"], "brand": None, "price": None})
+    assert [(f.keyword, f.evidence) for f in facets if f.label == "size"] == [
+        ("8 fl oz", "8floz"), ("2 fl oz", "2 FL.OZ")]
