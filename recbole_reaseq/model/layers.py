@@ -1,0 +1,233 @@
+"""Building blocks of ReaSeqCTR: knowledge-based retrieval (GSU), target attention (ESU), interest
+anchors, and the serving helpers (K/V de-duplication, a faiss GSU index).
+
+Reference: ReaSeq (TaoRank Team, arXiv 2512.21257), Section 2.2, "Knowledge-enhanced CTR".
+
+Conventions: shapes are in the comments (``B`` batch, ``L`` history length, ``K`` retrieved items,
+``M`` anchors, ``H`` hidden size, ``h`` heads, ``D`` knowledge dimension); masks are explicit
+booleans, ``True`` = a real position. No function here reads a config.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["masked_topk", "masked_topk_similar", "gather_positions", "masked_attention",
+           "CrossAttention", "TargetAttention", "AnchorCompressor", "dedup_retrieved",
+           "project_kv_naive", "project_kv_dedup", "KnowledgeIndex"]
+
+
+# =====================================================================================  GSU
+def masked_topk(scores: torch.Tensor, mask: torch.Tensor, k: int
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` positions of ``scores`` [..., L] among ``mask`` [..., L] (bool, True = real).
+
+    Padding is filled with ``-inf`` BEFORE the selection. Ties are broken deterministically: the
+    earlier position wins (stable sort). Returns ``(idx [..., k], valid [..., k])``, best first;
+    ``valid`` is ``mask`` gathered at ``idx``. Slots beyond the number of real positions (short
+    histories, or ``L < k``) have ``valid=False`` and ``idx=0``.
+    """
+    if scores.shape != mask.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and mask {tuple(mask.shape)} differ")
+    length = scores.shape[-1]
+    filled = scores.masked_fill(~mask, float("-inf"))                 # [..., L]
+    order = torch.sort(filled, dim=-1, descending=True, stable=True).indices
+    kk = min(k, length)
+    idx = order[..., :kk]                                             # [..., kk]
+    valid = mask.gather(-1, idx)                                      # [..., kk]
+    if kk < k:
+        pad = idx.new_zeros(idx.shape[:-1] + (k - kk,))
+        idx = torch.cat([idx, pad], dim=-1)                           # [..., k]
+        valid = torch.cat([valid, pad.bool()], dim=-1)                # [..., k]
+    return idx.masked_fill(~valid, 0), valid
+
+
+def masked_topk_similar(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, k: int
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """GSU: the ``k`` history positions most cosine-similar to the target.
+
+    query [B, D], keys [B, L, D], mask [B, L] bool -> (idx [B, k], valid [B, k] bool). Zero vectors
+    (items without knowledge) have similarity 0. See :func:`masked_topk` for padding and ties.
+    """
+    q = F.normalize(query, dim=-1)                                    # [B, D]
+    kn = F.normalize(keys, dim=-1)                                    # [B, L, D]
+    sims = torch.einsum("bd,bld->bl", q, kn)                          # [B, L]
+    return masked_topk(sims, mask, k)
+
+
+def gather_positions(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """x [B, L, H], idx [B, ..., K] (positions in L) -> [B, ..., K, H]."""
+    batch = torch.arange(x.shape[0], device=x.device).view((-1,) + (1,) * (idx.dim() - 1))
+    return x[batch, idx]
+
+
+# =====================================================================================  attention
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: Optional[torch.Tensor] = None,
+                     dropout: Optional[nn.Module] = None) -> torch.Tensor:
+    """Scaled dot-product attention per head with a key padding mask.
+
+    q [..., Q, h, dh], k / v [..., N, h, dh], mask [..., N] bool (True = attend) -> [..., Q, h, dh].
+    Masked keys get weight exactly 0; a row whose keys are all masked gets all-zero weights (so a
+    zero output, never NaN).
+    """
+    scores = torch.einsum("...qhd,...nhd->...hqn", q, k) / math.sqrt(q.shape[-1])  # [..., h, Q, N]
+    if mask is not None:
+        key_mask = mask[..., None, None, :]                           # [..., 1, 1, N]
+        scores = scores.masked_fill(~key_mask, float("-inf"))
+        empty = ~mask.any(dim=-1)                                     # [...]
+        scores = scores.masked_fill(empty[..., None, None, None], 0.0)
+    weights = torch.softmax(scores, dim=-1)                           # [..., h, Q, N]
+    if mask is not None:
+        weights = weights * key_mask                                  # exact 0 at padding
+    if dropout is not None:
+        weights = dropout(weights)
+    return torch.einsum("...hqn,...nhd->...qhd", weights, v)          # [..., Q, h, dh]
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention: queries [..., Q, H] attend over keys/values [..., N, H].
+
+    ``project_kv`` and ``attend`` are separate so that serving can project K/V once and reuse them
+    for many queries (:func:`project_kv_dedup`, ReaSeqCTR's ``full_sort_predict``).
+    """
+
+    def __init__(self, hidden_size: int, n_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if hidden_size % n_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by n_heads {n_heads}")
+        self.hidden_size, self.n_heads = hidden_size, n_heads
+        self.head_dim = hidden_size // n_heads
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.shape[:-1] + (self.n_heads, self.head_dim))   # [..., n, h, dh]
+
+    def project_kv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x [..., N, H] -> (k, v) [..., N, H]."""
+        return self.k_proj(x), self.v_proj(x)
+
+    def attend(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """query [..., Q, H], projected k / v [..., N, H], mask [..., N] -> [..., Q, H].
+
+        Rows whose keys are all masked return zeros.
+        """
+        q = self._split(self.q_proj(query))                           # [..., Q, h, dh]
+        out = masked_attention(q, self._split(k), self._split(v), mask, self.dropout)
+        out = self.out_proj(out.reshape(out.shape[:-2] + (self.hidden_size,)))  # [..., Q, H]
+        if mask is not None:
+            out = out * mask.any(dim=-1)[..., None, None].to(out.dtype)
+        return out
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """query [..., Q, H], keys [..., N, H], mask [..., N] -> [..., Q, H]."""
+        k, v = self.project_kv(keys)
+        return self.attend(query, k, v, mask)
+
+
+class TargetAttention(CrossAttention):
+    """ESU: the target item [..., H] attends over the retrieved items [..., K, H]."""
+
+    def attend_target(self, target: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """target [..., H], projected k / v [..., K, H], mask [..., K] -> [..., H]."""
+        return self.attend(target.unsqueeze(-2), k, v, mask).squeeze(-2)
+
+    def forward(self, target: torch.Tensor, keys: torch.Tensor,
+                mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """target [..., H], keys [..., K, H], mask [..., K] bool -> [..., H]."""
+        k, v = self.project_kv(keys)
+        return self.attend_target(target, k, v, mask)
+
+
+class AnchorCompressor(nn.Module):
+    """Compression pathway: M learnable interest anchors summarise the whole history.
+
+    Stage 1 (target-independent, computed once per user): the anchors [M, H] cross-attend over the
+    sequence [B, L, H] with its padding mask; residual + LayerNorm -> compressed [B, M, H].
+    Stage 2: the target [B, H] attends over the M compressed anchors -> [B, H].
+    """
+
+    def __init__(self, hidden_size: int, n_anchors: int, n_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.anchors = nn.Parameter(torch.randn(n_anchors, hidden_size) * hidden_size ** -0.5)
+        self.compress_attn = CrossAttention(hidden_size, n_heads, dropout)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.target_attn = TargetAttention(hidden_size, n_heads, dropout)
+
+    def compress(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """seq [B, L, H], mask [B, L] -> compressed anchors [B, M, H]."""
+        queries = self.anchors.unsqueeze(0).expand(seq.shape[0], -1, -1)  # [B, M, H]
+        return self.norm(queries + self.compress_attn(queries, seq, mask))
+
+    def forward(self, target: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """target [B, H], seq [B, L, H], mask [B, L] -> [B, H]."""
+        return self.target_attn(target, self.compress(seq, mask))
+
+
+# =====================================================================================  serving
+def dedup_retrieved(idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """idx [C, K] retrieved item ids of C candidates -> (unique_items [U], inverse [C, K]) with
+    ``unique_items[inverse] == idx``. Candidates of one request retrieve overlapping items, so
+    projecting K/V on the U unique items instead of C*K rows saves work."""
+    unique, inverse = torch.unique(idx, sorted=True, return_inverse=True)
+    return unique, inverse
+
+
+def project_kv_naive(attn: CrossAttention, embed: Callable[[torch.Tensor], torch.Tensor],
+                     idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Reference path: embed and project every retrieved slot. idx [C, K] -> k, v [C, K, H]."""
+    return attn.project_kv(embed(idx))
+
+
+def project_kv_dedup(attn: CrossAttention, embed: Callable[[torch.Tensor], torch.Tensor],
+                     idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Serving path: embed + project K/V once per unique item, gather per candidate.
+
+    idx [C, K] -> k, v [C, K, H]; equal to :func:`project_kv_naive` (row-wise maps commute with
+    gathering).
+    """
+    unique, inverse = dedup_retrieved(idx)
+    k, v = attn.project_kv(embed(unique))                             # [U, H]
+    return k[inverse], v[inverse]                                     # [C, K, H]
+
+
+class KnowledgeIndex:
+    """Optional faiss GSU for serving: exact cosine top-K over a large pool of items.
+
+    ``IndexFlatIP`` over L2-normalised knowledge embeddings [N, D]; ``search`` returns the pool
+    rows (or ``ids[row]`` when ``ids`` are given) of the ``k`` most similar items per query.
+    """
+
+    def __init__(self, emb, ids=None):
+        import faiss
+
+        x = np.ascontiguousarray(np.asarray(emb, dtype=np.float32))   # [N, D]
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        self.index = faiss.IndexFlatIP(x.shape[1])
+        self.index.add(x / np.maximum(norms, 1e-12))
+        self.ids = None if ids is None else torch.as_tensor(np.asarray(ids), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, query, k: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """query [C, D] -> (cosine [C, k], item [C, k]); rows beyond the pool size get -1."""
+        q = np.ascontiguousarray(np.asarray(query, dtype=np.float32))
+        q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        scores, rows = self.index.search(q, k)                        # [C, k] each
+        rows = torch.from_numpy(rows).long()
+        if self.ids is not None:
+            rows = torch.where(rows >= 0, self.ids[rows.clamp(min=0)], rows)
+        return torch.from_numpy(scores), rows
