@@ -27,7 +27,10 @@ RECBOLE_MODEL_PACKAGES = (
 )
 
 # name -> "module:attribute". Add new models and transforms here (and nowhere else).
-_MODEL_TABLE: dict[str, str] = {}
+_MODEL_TABLE: dict[str, str] = {
+    "ReaSeqCTR": "recbole_reaseq.model.reaseqctr:ReaSeqCTR",
+    "KnowledgeDIN": "recbole_reaseq.model.knowledgedin:KnowledgeDIN",
+}
 _TRANSFORM_TABLE: dict[str, str] = {
     "trim_padding": "recbole_reaseq.data.transforms:TrimPadding",
 }
