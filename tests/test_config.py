@@ -18,7 +18,7 @@ def test_properties_dir_is_package_data():
     assert [os.path.relpath(f, root) for f in files] == [
         "overall.yaml", os.path.join("model", "SASRec.yaml"),
         os.path.join("dataset", "amazon-beauty.yaml")]
-    assert [os.path.relpath(f, root) for f in cfgmod.property_files("DIN", "nothing")] == [
+    assert [os.path.relpath(f, root) for f in cfgmod.property_files("BPR", "nothing")] == [
         "overall.yaml"]
 
 
@@ -102,3 +102,11 @@ def test_ctr_protocol_early_stops_on_ctr_valid_metric(tiny_root, workdir):
     assert (c["valid_metric"], c["valid_metric_bigger"]) == ("logloss", False)
     c = Config("SASRec", "tiny", config_dict=tiny_config(tiny_root, workdir))
     assert c["valid_metric"] == "NDCG@10"
+
+
+@pytest.mark.parametrize("model,protocol", [("DIN", "ctr"), ("DIEN", "ctr"), ("ReaSeqCTR", "ctr"),
+                                            ("KnowledgeDIN", "ctr"), ("SASRec", "ranking"),
+                                            ("GRU4Rec", "ranking")])
+def test_default_protocol_per_model(model, protocol, tiny_root, workdir):
+    cfg = tiny_config(tiny_root, workdir)
+    assert Config(model, "tiny", config_dict=cfg)["eval_protocol"] == protocol
