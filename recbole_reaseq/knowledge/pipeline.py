@@ -850,6 +850,22 @@ def _title_embeddings(paths: KnowledgePaths, encode_manifest: Mapping[str, Any],
     return ids, emb, False
 
 
+def title_embeddings(paths: KnowledgePaths, batch_size: int = 64, device: str = "cpu",
+                     progress: bool = False, encoder: Any = None) -> Tuple[List[str], np.ndarray]:
+    """Title-only embeddings ``(ids, float32 [N, D])`` of the items of ``texts.jsonl``.
+
+    Encoded with the encoder of the encode step and cached in ``title_emb.npy`` (keyed by the
+    titles and the encoder); used by the Table-1 evaluation and by models (``title_emb``).
+    """
+    manifest = read_manifest(paths, "encode")
+    if manifest is None:
+        raise StaleUpstreamError(f"title embeddings need the encode step ({paths.root}). Fix: "
+                                 f"python -m recbole_reaseq.knowledge encode --dataset "
+                                 f"{paths.dataset}.")
+    ids, emb, _cached = _title_embeddings(paths, manifest, batch_size, device, progress, encoder)
+    return ids, emb
+
+
 def _sasrec_embeddings(checkpoint: str, ids: Sequence[str]) -> Tuple[np.ndarray, int, str]:
     """Item ID embeddings of a RecBole SASRec checkpoint, rows aligned with ``ids``.
 

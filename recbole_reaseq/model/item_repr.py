@@ -25,15 +25,12 @@ so a model initialises identically whether or not its artefacts had to be built 
 embedding tables: token fields as they are, the first ``levels`` tokens of a token_seq field (a
 category path: one column per level) and float fields (price) as quantile buckets.
 
-NOTE: the pipeline has no public title-only embedding (its ``evaluate`` step caches one privately),
-so :func:`title_embeddings` encodes the titles of ``texts.jsonl`` with the encoder recorded in the
-encode manifest and caches them as ``model_title_emb.npy`` (+ ``.ids.json``, ``.key.json``) beside
-the other artefacts.
+``knowledge_field: title_emb`` reads the title-only embeddings of
+:func:`recbole_reaseq.knowledge.pipeline.title_embeddings` (cached as ``title_emb.npy``).
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import random
@@ -48,7 +45,7 @@ from recbole.utils import FeatureType
 from recbole_reaseq.knowledge import pipeline as P
 
 __all__ = ["SID_PAD", "SID_UNKNOWN", "SID_OFFSET", "KNOWLEDGE_FIELDS", "ItemRepresentations",
-           "load_item_representations", "map_rows", "title_embeddings", "preserve_rng",
+           "load_item_representations", "map_rows", "preserve_rng",
            "side_feature_columns"]
 
 logger = logging.getLogger(__name__)
@@ -57,7 +54,6 @@ SID_PAD = 0        # code of RecBole's padding item (row 0) at every level
 SID_UNKNOWN = 1    # code of an item without an artefact row
 SID_OFFSET = 2     # raw RQ-VAE code c is stored as c + SID_OFFSET
 KNOWLEDGE_FIELDS = ("knowledge_emb", "demand_emb", "attribute_emb", "title_emb")
-_TITLE_CACHE = "model_title_emb"
 
 
 @dataclass
@@ -115,45 +111,6 @@ def map_rows(dataset, ids: Sequence[str], matrix: np.ndarray, fill) -> Tuple[np.
     return out, missing
 
 
-def title_embeddings(paths: "P.KnowledgePaths", batch_size: int = 64, device: str = "cpu"
-                     ) -> Tuple[List[str], np.ndarray]:
-    """Title-only embeddings ``(ids, float32 [N, D])`` of the items of ``texts.jsonl``.
-
-    Encoded with the encoder of the encode manifest; cached under ``model_title_emb.*`` keyed by
-    the titles and the encoder identity (see the module NOTE).
-    """
-    from recbole_reaseq.knowledge.encode import encode_texts, load_encoder
-
-    manifest = P.read_manifest(paths, "encode")
-    if manifest is None:
-        raise P.StaleUpstreamError(f"title embeddings need the encode step ({paths.root}).")
-    with open(paths.texts, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    ids, titles = [r["item_id"] for r in rows], [r.get("title") or "" for r in rows]
-    key = {"titles_sha256": hashlib.sha256(json.dumps(titles).encode("utf-8")).hexdigest(),
-           "ids_sha256": hashlib.sha256(json.dumps(ids).encode("utf-8")).hexdigest(),
-           "encoder": manifest["key"]["encoder"]}
-    key_path = paths.root / f"{_TITLE_CACHE}.key.json"
-    if (key_path.is_file() and paths.npy(_TITLE_CACHE).is_file()
-            and json.loads(key_path.read_text(encoding="utf-8")) == key):
-        cached_ids, emb = _read_rows(paths, _TITLE_CACHE)
-        if cached_ids == ids:
-            return ids, emb
-    encoder = load_encoder(manifest["encoder"]["path"], device=device)
-    unique = sorted({t for t in titles if t})
-    table = dict(zip(unique, encode_texts(encoder, unique, batch_size=batch_size,
-                                          show_progress=False)))
-    dim = int(next(iter(table.values())).shape[0]) if table else 1
-    emb = np.zeros((len(ids), dim), dtype=np.float32)          # [N, D]; no title -> zeros
-    for i, title in enumerate(titles):
-        if title:
-            emb[i] = table[title]
-    np.save(paths.npy(_TITLE_CACHE), emb)
-    paths.ids(_TITLE_CACHE).write_text(json.dumps(ids), encoding="utf-8")
-    key_path.write_text(json.dumps(key), encoding="utf-8")
-    return ids, emb
-
-
 def load_item_representations(config, dataset, knowledge: bool = True, sid: bool = True,
                               knowledge_field: Optional[str] = None) -> ItemRepresentations:
     """Frozen ``knowledge_emb`` [n_items, D] and/or shifted ``sid`` [n_items, L+1] of ``dataset``.
@@ -176,7 +133,7 @@ def load_item_representations(config, dataset, knowledge: bool = True, sid: bool
         out.root = paths.root
         if knowledge:
             if name == "title_emb":
-                ids, emb = title_embeddings(paths)
+                ids, emb = P.title_embeddings(paths)
             else:
                 ids, emb = _read_rows(paths, name)
             mat, missing = map_rows(dataset, ids, emb.astype(np.float32), 0.0)

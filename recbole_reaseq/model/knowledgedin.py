@@ -15,7 +15,7 @@ feature fields).
 
 Config ``knowledge_field``: ``knowledge_emb`` (demand + attribute, the default), ``demand_emb``,
 ``attribute_emb`` or ``title_emb`` (title-only text embedding; the pipeline has no public one, so
-:func:`recbole_reaseq.model.item_repr.title_embeddings` computes and caches it).
+:func:`recbole_reaseq.knowledge.pipeline.title_embeddings` computes and caches it).
 
 NOTE: the projection has no bias, so the padding item (zero knowledge) gets exactly DIN's
 representation; items without artefacts (counted and logged) likewise.

@@ -11,7 +11,7 @@ from recbole.utils import init_seed
 from recbole_reaseq import registry
 from recbole_reaseq.data.transforms import TrimPadding
 from recbole_reaseq.knowledge.pipeline import artifact_paths
-from recbole_reaseq.model.item_repr import title_embeddings
+from recbole_reaseq.knowledge.pipeline import title_embeddings
 from recbole_reaseq.model.knowledgedin import KnowledgeDIN
 from recbole_reaseq.quick_start import build_model, make_config, prepare_data, run
 from tests.conftest import tiny_config
@@ -89,7 +89,7 @@ def test_title_only_variant(prepared):
     tokens = dataset.field2id_token["item_id"]
     row = ids.index(tokens[5])
     assert torch.allclose(model.knowledge_emb[5], torch.from_numpy(emb[row]))
-    assert paths.npy("model_title_emb").is_file()
+    assert paths.npy("title_emb").is_file()
     knowledge = np.load(paths.npy("knowledge_emb"))
     assert not np.allclose(knowledge[row], emb[row])                     # another embedding
     batch = next(iter(train))

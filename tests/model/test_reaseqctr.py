@@ -297,7 +297,7 @@ def test_run_ctr_end_to_end_builds_artefacts_and_checkpoint_reloads(tiny_root, w
 
 def test_run_ranking_track_with_trim_padding(tiny_root, workdir, tmp_path_factory):
     result = run("ReaSeqCTR", "tiny", saved=False, config_dict=tiny_config(
-        tiny_root, workdir, reaseq_knowledge=TINY_KNOWLEDGE, reaseq_transforms=["trim_padding"],
+        tiny_root, workdir, reaseq_knowledge=TINY_KNOWLEDGE, reaseq_transforms=["trim_padding"], eval_protocol="ranking",
         reaseq_artifact_dir=shared_artifacts(tiny_root, tmp_path_factory), **SMALL))
     test = result["test_result"]
     assert sorted(test) == sorted(f"{m}@{k}" for m in ("hit", "ndcg", "mrr") for k in (5, 10, 20))
