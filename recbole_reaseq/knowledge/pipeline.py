@@ -117,6 +117,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import pandas as pd
 
 from recbole_reaseq.data.datasets import file_sha256, read_atomic
 from . import agents
@@ -811,17 +812,15 @@ def leave_one_out(dataset: str, data_path: Optional[str] = None
     Rows of a user are sorted by timestamp with a *stable* sort (same-day ties keep file order,
     as RecBole's ``order: TO`` split does); the last is the target, all earlier ones the history.
     """
+    from recbole_reaseq.data.candidates import leave_one_out_positions
+
     path = atomic_path(dataset, "inter", data_path)
     df = read_atomic(path, ["user_id", "item_id", "timestamp"])
-    df["timestamp"] = df["timestamp"].astype(float)
-    df["_row"] = np.arange(len(df))  # file order, the explicit tie-breaker
-    first = df.groupby("user_id", sort=False)["_row"].transform("min")
-    df = df.assign(_first=first).sort_values(["_first", "timestamp", "_row"], kind="stable")
-    histories, targets = [], []
-    for _, items in df.groupby("_first", sort=True)["item_id"]:
-        seq = items.tolist()
-        histories.append(seq[:-1])
-        targets.append(seq[-1])
+    users = pd.factorize(df["user_id"])[0]             # codes in order of first appearance
+    order, starts, ends = leave_one_out_positions(users, df["timestamp"].astype(float).to_numpy())
+    items = df["item_id"].to_numpy()[order]
+    histories = [items[s:e - 1].tolist() for s, e in zip(starts, ends)]
+    targets = [items[e - 1] for e in ends]
     return histories, targets
 
 
