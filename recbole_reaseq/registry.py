@@ -12,7 +12,6 @@ Our own entries are listed explicitly in ``_MODEL_TABLE`` / ``_TRANSFORM_TABLE``
 """
 from __future__ import annotations
 
-import importlib
 import pkgutil
 from functools import lru_cache
 

@@ -17,6 +17,7 @@ gathered at the candidates (the same numbers for dot-product models, tested, and
 """
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -141,8 +142,6 @@ class ReaSeqTrainerMixin:
     ctr_candidates: CandidateSet | None = None
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
-        import time
-
         start = time.perf_counter()
         loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
         self.epoch_seconds = getattr(self, "epoch_seconds", []) + [time.perf_counter() - start]
