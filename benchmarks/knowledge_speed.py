@@ -38,19 +38,12 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import cpu_model  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATASET = "amazon-beauty"
 GOALS = {"cold": 120.0, "cached rerun": 5.0}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(cmd: list, env: dict) -> float:

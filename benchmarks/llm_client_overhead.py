@@ -53,6 +53,9 @@ import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import cpu_model  # noqa: E402
 from typing import Any, Dict, List
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -176,16 +179,6 @@ def serve() -> int:
 
 
 # =====================================================================================  client
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _http(url: str, data: bytes = None) -> Dict[str, Any]:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(urllib.request.Request(url, data=data, method="POST" if data else "GET"),

@@ -9,26 +9,16 @@ the share of padding positions in those batches. Writes benchmarks/results/paddi
 import argparse
 import csv
 import os
-import platform
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.common import cpu_model  # noqa: E402
 from recbole_reaseq.quick_start import build_model, make_config, prepare_data  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main():
