@@ -148,8 +148,8 @@ def main() -> int:
     lines = [
         f"# Knowledge pipeline speed on {DATASET}",
         "",
-        "Produced by `nice -n 10 python benchmarks/knowledge_speed.py --threads "
-        f"{args.threads}` (each phase = fresh `python -m recbole_reaseq.knowledge` processes, "
+        f"Produced by `python benchmarks/knowledge_speed.py --threads {args.threads}` at niceness "
+        f"{os.nice(0)} (each phase = fresh `python -m recbole_reaseq.knowledge` processes, "
         "start-up and imports included).",
         "",
         "| phase | what | wall (s) | goal (s) | met |",
