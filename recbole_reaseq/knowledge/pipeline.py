@@ -547,14 +547,19 @@ def build(dataset: str, backend: Any = "offline", *, data_path: Optional[str] = 
     inputs = _inputs(dataset, data_path)
     owns = not isinstance(backend, LLMBackend)
     paths.root.mkdir(parents=True, exist_ok=True)
-    llm = make_backend(backend, cache=paths.llm_cache if owns else None, base_url=base_url,
-                       llm_model=llm_model, max_concurrency=max_concurrency)
+    options = dict(base_url=base_url, llm_model=llm_model, max_concurrency=max_concurrency)
+    # Decide freshness with a cache-less backend first: a fresh build never opens (and locks)
+    # the LLM cache, so parallel runs that only read the artefacts do not collide.
+    llm = make_backend(backend, cache=None, **options)
     try:
         key = _build_key(dataset, inputs, llm, roles, settings)
         ignore = ("backend", "model", "prompts") if accept_any_backend else ()
         fresh, reasons = status(paths, "build", key, ignore)
         if fresh and not force:
             return _skip(paths, "build")
+        if owns:
+            llm.close()
+            llm = make_backend(backend, cache=paths.llm_cache, **options)
         if reasons and read_manifest(paths, "build") is not None:
             logger.warning("%s/build is stale, rebuilding: %s", dataset, "; ".join(reasons))
         timings: Dict[str, float] = {}

@@ -458,3 +458,20 @@ def test_size_without_space_before_floz_regression():
                              "categories": ["Beauty"], "brand": None, "price": None})
     assert [(f.keyword, f.evidence) for f in facets if f.label == "size"] == [
         ("8 fl oz", "8floz"), ("2 fl oz", "2 FL.OZ")]
+
+
+def test_fresh_build_does_not_lock_the_llm_cache(tmp_path):
+    """A run that only needs fresh artefacts must not collide with one holding the cache lock."""
+    from recbole_reaseq.knowledge.cache import AnswerCache, CacheLockedError
+
+    common = {"data_path": str(write_dataset(tmp_path / "data")),
+              "artifact_dir": str(tmp_path / "art")}
+    assert P.build(DATASET, **common)["status"] == "built"
+    paths = P.artifact_paths(DATASET, common["artifact_dir"])
+    holder = AnswerCache(paths.llm_cache)                    # another writer holds the lock
+    try:
+        with pytest.raises(CacheLockedError):
+            AnswerCache(paths.llm_cache)
+        assert P.build(DATASET, **common)["status"] == "fresh"
+    finally:
+        holder.close()
