@@ -17,6 +17,22 @@ needs_beauty = pytest.mark.skipif(
     reason=f"amazon-beauty not found at {BEAUTY} (CI has ../shared beside the clone)")
 
 
+ITEM_HEADER = "item_id:token\ttitle:token_seq\tcategories:token_seq\tbrand:token\tprice:float"
+INTER_HEADER = "user_id:token\titem_id:token\ttimestamp:float"
+
+
+def write_atomic_dataset(root, name: str, item_rows, inter_rows):
+    """Write ``<root>/<name>/<name>.item`` and ``.inter`` (Beauty's schema); returns ``root``."""
+    folder = os.path.join(str(root), name)
+    os.makedirs(folder, exist_ok=True)
+    for suffix, header, rows in (("item", ITEM_HEADER, item_rows),
+                                 ("inter", INTER_HEADER, inter_rows)):
+        with open(os.path.join(folder, f"{name}.{suffix}"), "w", encoding="utf-8") as f:
+            f.write(header + "\n")
+            f.writelines("\t".join(str(v) for v in row) + "\n" for row in rows)
+    return root
+
+
 def write_tiny_dataset(root: str, name: str = "tiny", n_users: int = 60, n_items: int = 40,
                        seed: int = 0) -> str:
     """Users walk item 'chains' (i -> i+1 mostly) so that next-item prediction is learnable."""

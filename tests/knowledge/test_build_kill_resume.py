@@ -18,6 +18,7 @@ from pathlib import Path
 
 from recbole_reaseq.knowledge import pipeline as P
 from recbole_reaseq.knowledge.backends import OfflineBackend
+from tests.conftest import write_atomic_dataset
 from recbole_reaseq.knowledge.cache import AnswerCache, decode_record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,16 +59,9 @@ def item_rows():
 
 def write_dataset(root: Path) -> Path:
     rows = item_rows()
-    folder = root / DATASET
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{DATASET}.item", "w", encoding="utf-8") as f:
-        f.write("item_id:token\ttitle:token_seq\tcategories:token_seq\tbrand:token\tprice:float\n")
-        f.writelines("\t".join(row) + "\n" for row in rows)
-    with open(folder / f"{DATASET}.inter", "w", encoding="utf-8") as f:
-        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        for i, row in enumerate(rows):  # every item is interacted with (else it is skipped)
-            f.write(f"u{i % 9}\t{row[0]}\t{1000 + i}\n")
-    return root
+    # every item is interacted with (else it is skipped)
+    inter = [(f"u{i % 9}", row[0], 1000 + i) for i, row in enumerate(rows)]
+    return write_atomic_dataset(root, DATASET, rows, inter)
 
 
 def read_lines(path: Path):

@@ -14,6 +14,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import numpy as np
 import pytest
+
+from tests.conftest import write_atomic_dataset
 import torch
 
 from recbole_reaseq.knowledge import pipeline as P
@@ -46,15 +48,7 @@ TINY_QUANT = {"levels": 2, "codes": 4, "latent_dim": 4, "epochs": 3, "batch_size
 
 
 def write_dataset(root: Path, item_rows=ITEM_ROWS) -> Path:
-    folder = root / DATASET
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{DATASET}.item", "w", encoding="utf-8") as f:
-        f.write("item_id:token\ttitle:token_seq\tcategories:token_seq\tbrand:token\tprice:float\n")
-        f.writelines("\t".join(row) + "\n" for row in item_rows)
-    with open(folder / f"{DATASET}.inter", "w", encoding="utf-8") as f:
-        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        f.writelines(f"{u}\t{i}\t{t}\n" for u, i, t in INTER_ROWS)
-    return root
+    return write_atomic_dataset(root, DATASET, item_rows, INTER_ROWS)
 
 
 def snapshot(folder: Path) -> dict:
