@@ -4,15 +4,21 @@
     python benchmarks/report.py benchmarks/suites/baselines_beauty.yaml
 
 A suite file names the data sets, seeds, shared config overrides and the runs (model, protocol,
-per-run overrides). Each run executes in its own subprocess (so peak memory is per run) under
-``benchmarks/runs/<suite>/<run id>/``; a finished run has ``result.json`` and is skipped. An
-interrupted run resumes from the checkpoint RecBole saved in its folder (the best epoch so far).
+per-run overrides, optional per-run ``seeds`` and ``name``). Each run executes in its own
+subprocess (so peak memory is per run) under ``benchmarks/runs/<store>/<run id>/``; ``store``
+defaults to the suite's name, and suites that name the same store share runs (Table 3 and
+Table 4 both need DIN: it trains once). A finished run has ``result.json`` and is skipped, but
+only if the stored run's effective config agrees with the suite on every key the suite sets;
+otherwise the runner stops and names the keys. An interrupted run resumes from the checkpoint
+RecBole saved in its folder (the best epoch so far). A run being trained by another runner
+process (an flock on ``<run dir>/.lock``) is skipped, so two runners can share a store.
 Every model is resolved through recbole_reaseq.registry and trained by recbole_reaseq.quick_start.run:
 there are no per-model scripts.
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import glob
 import json
 import os
@@ -44,9 +50,10 @@ def load_suite(path: str) -> dict:
 def expand(suite: dict) -> list[dict]:
     """One spec per (run, dataset, seed), with its merged config and folder."""
     specs = []
+    store = suite.get("store", suite["suite"])
     for run in suite["runs"]:
         for dataset in run.get("datasets", suite["datasets"]):
-            for seed in suite["seeds"]:
+            for seed in run.get("seeds", suite["seeds"]):
                 config = dict(suite.get("config") or {})
                 config.update((suite.get("dataset_config") or {}).get(dataset) or {})
                 config.update(run.get("config") or {})
@@ -56,8 +63,46 @@ def expand(suite: dict) -> list[dict]:
                 specs.append({"suite": suite["suite"], "name": name, "model": run["model"],
                               "dataset": dataset, "protocol": run["protocol"], "seed": seed,
                               "config": config, "run_id": run_id,
-                              "dir": os.path.join(HERE, "runs", suite["suite"], run_id)})
+                              "dir": os.path.join(HERE, "runs", store, run_id)})
+    ids = [s["run_id"] for s in specs]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"suite {suite['suite']}: run ids {duplicates} occur twice; give the "
+                         "runs distinct 'name' keys")
     return specs
+
+
+def config_mismatch(spec: dict, result: dict) -> dict:
+    """{key: (suite value, stored value)} for every suite-set key the stored run disagrees on.
+
+    The stored value is what the stored run's suite asked for, where it set the key, else the
+    run's effective (final) config value: RecBole rewrites some keys (``data_path`` gets the
+    data set appended), so the request is compared with the request where both exist."""
+    asked = (result.get("spec") or {}).get("config") or {}
+    final = result.get("config") or {}
+    mismatch = {}
+    for key, value in spec["config"].items():
+        stored = asked[key] if key in asked else final.get(key)
+        if json.loads(json.dumps(stored, default=str)) != json.loads(json.dumps(value, default=str)):
+            mismatch[key] = (value, stored)
+    return mismatch
+
+
+def stored_result(spec: dict):
+    """The stored result of a finished run (None if unfinished); refuses a config mismatch."""
+    path = os.path.join(spec["dir"], "result.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        result = json.load(f)
+    mismatch = config_mismatch(spec, result)
+    if mismatch:
+        raise ValueError(
+            f"{spec['run_id']} in {os.path.dirname(spec['dir'])} was run with a different config "
+            f"than suite {spec['suite']} asks for: "
+            + ", ".join(f"{k}: suite {a!r} vs stored {b!r}" for k, (a, b) in mismatch.items())
+            + ". Give the run another 'name' or the suite another 'store'.")
+    return result
 
 
 def machine() -> dict:
@@ -113,6 +158,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Run a benchmark suite (resumable).")
     parser.add_argument("suite", help="suite YAML file")
     parser.add_argument("--only", nargs="*", help="run names to run (default: all)")
+    parser.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list runs and their state")
     parser.add_argument("--single", help=argparse.SUPPRESS)   # internal: one run id
     args = parser.parse_args(argv)
@@ -122,19 +168,28 @@ def main(argv=None):
         return 0
     failed = []
     for spec in specs:
-        done = os.path.isfile(os.path.join(spec["dir"], "result.json"))
+        done = stored_result(spec) is not None
         if args.list:
             print(f"{'done' if done else 'todo'}  {spec['run_id']}")
             continue
-        if done or (args.only and spec["name"] not in args.only):
+        if done or (args.only and spec["name"] not in args.only) or (
+                args.seeds and spec["seed"] not in args.seeds):
             continue
-        print(f"[run] {spec['run_id']}", flush=True)
         os.makedirs(spec["dir"], exist_ok=True)
-        with open(os.path.join(spec["dir"], "log.txt"), "a") as log:
-            code = subprocess.call([sys.executable, os.path.abspath(__file__),
-                                    os.path.abspath(args.suite),
-                                    "--single", spec["run_id"]], stdout=log,
-                                   stderr=subprocess.STDOUT, cwd=spec["dir"])
+        with open(os.path.join(spec["dir"], ".lock"), "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"[busy] {spec['run_id']} (another runner is training it)", flush=True)
+                continue
+            if stored_result(spec) is not None:            # finished while we waited
+                continue
+            print(f"[run] {spec['run_id']}", flush=True)
+            with open(os.path.join(spec["dir"], "log.txt"), "a") as log:
+                code = subprocess.call([sys.executable, os.path.abspath(__file__),
+                                        os.path.abspath(args.suite),
+                                        "--single", spec["run_id"]], stdout=log,
+                                       stderr=subprocess.STDOUT, cwd=spec["dir"])
         if code != 0:
             failed.append(spec["run_id"])
             print(f"[failed] {spec['run_id']} (see {spec['dir']}/log.txt)", flush=True)
