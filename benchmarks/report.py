@@ -3,8 +3,13 @@
     python benchmarks/report.py benchmarks/suites/baselines_beauty.yaml
 
 Writes ``benchmarks/results/<suite>.md`` and ``.csv``: one table per (data set, protocol), with
-the protocol's metrics on the test split (valid in brackets where asked), epochs trained, seconds
-per training epoch, total training time and peak memory, and the machine and commit of the runs.
+the protocol's metrics on the test split, epochs trained, seconds per training epoch, total
+training time and peak memory, and the machine and commit of the runs. If the suite names a
+``baseline`` run, the CTR-track tables get a paired significance table against it
+(:mod:`benchmarks.stats`: per-user test AUC, paired across users and seeds) and the GAUC cells a
+marker: ▲ / ▼ significantly above / below the baseline (Wilcoxon, p < 0.05). With ``--plots``
+a PNG per CTR table (test GAUC per model, mean ± std over seeds, overall / cold / hot) is
+written next to the Markdown.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from benchmarks.run import expand, load_suite  # noqa: E402
+from benchmarks.stats import marker, paired_test  # noqa: E402
 
 METRICS = {
     "ranking": ["hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20"],
@@ -49,8 +55,44 @@ def collect(specs: list[dict]) -> dict:
             row = table.setdefault((spec["dataset"], protocol), {}).setdefault(
                 f"{spec['name']}" + ("" if trained_on else f" (early-stopped on {spec['protocol']})"),
                 [])
-            row.append({"test": test, "result": result})
+            row.append({"test": test, "result": result, "dir": spec["dir"],
+                        "protocol": protocol})
     return table
+
+
+def per_user(run: dict, metric: str = "auc"):
+    """(user ids, per-user metric) of a stored run on its protocol, or None."""
+    import numpy as np
+
+    path = os.path.join(run["dir"], "per_user_test.npz")
+    if not os.path.isfile(path):
+        return None
+    with np.load(path) as z:
+        key = f"{run['protocol']}__{metric}"
+        if key not in z:
+            return None
+        return z[f"{run['protocol']}__user_id"], z[key]
+
+
+def significance(models: dict, baseline: str) -> dict:
+    """{model name: paired_test result} against the baseline (CTR track, per-user AUC)."""
+    if baseline not in models:
+        return {}
+    base = {r["result"]["seed"]: per_user(r) for r in models[baseline]}
+    base = {s: v for s, v in base.items() if v is not None}
+    out = {}
+    for name, runs in models.items():
+        if name == baseline:
+            continue
+        mine = {r["result"]["seed"]: per_user(r) for r in runs}
+        mine = {s: v for s, v in mine.items() if v is not None}
+        if set(mine) & set(base):
+            out[name] = paired_test(mine, base)
+    return out
+
+
+def fmt_p(p: float) -> str:
+    return "–" if p != p else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
 
 def render(suite: dict, table: dict) -> tuple[str, list[dict]]:
@@ -59,6 +101,8 @@ def render(suite: dict, table: dict) -> tuple[str, list[dict]]:
     first = None
     for (dataset, protocol), models in sorted(table.items()):
         metrics = METRICS[protocol]
+        baseline = suite.get("baseline") if protocol == "ctr" else None
+        tests = significance(models, baseline) if baseline else {}
         lines += [f"## {dataset}: {protocol} track", "",
                   "| model | seeds | " + " | ".join(metrics)
                   + " | epochs | s/epoch | train s | peak MiB |",
@@ -72,7 +116,8 @@ def render(suite: dict, table: dict) -> tuple[str, list[dict]]:
                    if r["result"]["epoch_seconds"]]
             fit = [r["result"]["fit_seconds"] for r in runs]
             mem = [r["result"]["peak_rss_mb"] for r in runs]
-            cells = [mean_std(values[m]) for m in metrics]
+            cells = [mean_std(values[m]) + (marker(tests[name]) if m == "gauc" and name in tests
+                                            else "") for m in metrics]
             lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells)
                          + f" | {statistics.mean(epochs):.0f} | "
                          + (f"{statistics.mean(sec):.1f}" if sec else "–")
@@ -87,6 +132,21 @@ def render(suite: dict, table: dict) -> tuple[str, list[dict]]:
                              "peak_rss_mb": r["result"]["peak_rss_mb"],
                              "git_commit": r["result"]["git_commit"]})
         lines.append("")
+        if tests:
+            lines += [f"Paired test against {baseline} (per-user test AUC, differences averaged "
+                      "over the seeds both have; ▲/▼ = Wilcoxon p < 0.05):", "",
+                      "| model | seeds | users | ΔGAUC [95 % CI] | p Wilcoxon | p t | "
+                      "p seeds (t) |", "|---|---|---|---|---|---|---|"]
+            for name, t in tests.items():
+                lines.append(f"| {name} | {t['seeds']} | {t['n_users']} | "
+                             f"{t['mean_diff']:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}] | "
+                             f"{fmt_p(t['p_wilcoxon'])}{marker(t)} | {fmt_p(t['p_t'])} | "
+                             f"{fmt_p(t['p_seed'])} |")
+                for row in rows:
+                    if (row["dataset"], row["protocol"], row["model"]) == (dataset, protocol, name):
+                        row.update({f"vs_{baseline}_gauc_diff": t["mean_diff"],
+                                    f"vs_{baseline}_p_wilcoxon": t["p_wilcoxon"]})
+            lines.append("")
     if first:
         m = first["machine"]
         lines += [f"Machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']} with "
@@ -96,14 +156,54 @@ def render(suite: dict, table: dict) -> tuple[str, list[dict]]:
     return "\n".join(lines), rows
 
 
+def plot(suite: dict, table: dict, out: str) -> list[str]:
+    """One PNG per CTR table: test GAUC (overall / cold / hot) per model, mean ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    written = []
+    for (dataset, protocol), models in sorted(table.items()):
+        if protocol != "ctr":
+            continue
+        names = list(models)
+        fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4))
+        width = 0.27
+        for k, (metric, label) in enumerate((("gauc", "overall"), ("cold/gauc", "cold-start"),
+                                             ("hot/gauc", "hot"))):
+            vals = [[r["test"][metric] for r in models[n] if metric in r["test"]] for n in names]
+            mean = [statistics.mean(v) if v else np.nan for v in vals]
+            std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
+            ax.bar(np.arange(len(names)) + (k - 1) * width, mean, width, yerr=std, capsize=3,
+                   label=label)
+        finite = [r["test"][m] for n in names for r in models[n]
+                  for m in ("gauc", "cold/gauc", "hot/gauc") if m in r["test"]]
+        ax.set_ylim(min(finite) - 0.02, max(finite) + 0.01)
+        ax.set_xticks(np.arange(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("test GAUC (mean ± std over seeds)")
+        ax.set_title(f"{suite['suite']}: {dataset}, CTR track")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out, f"{suite['suite']}_{dataset}_ctr_gauc.png")
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Markdown + CSV report of a benchmark suite.")
     parser.add_argument("suite")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--plots", action="store_true", help="also write PNG plots")
     args = parser.parse_args(argv)
     suite = load_suite(args.suite)
     suite["_path"] = os.path.relpath(args.suite, os.path.dirname(HERE))
-    markdown, rows = render(suite, collect(expand(suite)))
+    table = collect(expand(suite))
+    markdown, rows = render(suite, table)
     os.makedirs(args.out, exist_ok=True)
     base = os.path.join(args.out, suite["suite"])
     with open(base + ".md", "w", encoding="utf-8") as f:
@@ -114,6 +214,8 @@ def main(argv=None):
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
+    if args.plots:
+        plot(suite, table, args.out)
     print(markdown)
 
 

@@ -1,0 +1,101 @@
+"""Paired significance test on hand-computed inputs; the report generator's exact Markdown."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from benchmarks import report, stats
+
+
+def known_inputs():
+    # seed 1: users 1, 2, 3 (model lists them out of order, plus a user 4 the baseline lacks)
+    model = {1: (np.array([3, 1, 2, 4]), np.array([0.9, 0.6, 0.7, 0.1])),
+             2: (np.array([1, 2, 3]), np.array([0.8, 0.5, 0.7]))}
+    base = {1: (np.array([1, 2, 3]), np.array([0.5, 0.5, 0.5])),
+            2: (np.array([2, 3, 1]), np.array([0.6, 0.6, 0.6])),
+            3: (np.array([1, 2, 3]), np.array([0.0, 0.0, 0.0]))}     # seed 3: model lacks it
+    return model, base
+
+
+def test_paired_test_hand_computed():
+    model, base = known_inputs()
+    r = stats.paired_test(model, base)
+    # per-user differences: seed 1 (0.1, 0.2, 0.4), seed 2 (0.2, -0.1, 0.1) -> mean (0.15, 0.05, 0.25)
+    assert r["n_users"] == 3 and r["seeds"] == 2
+    assert r["mean_diff"] == pytest.approx(0.15)
+    # sd 0.1, t = 0.15 / (0.1 / sqrt 3); df 2: F(t) = 1/2 + t / (2 sqrt(2 + t^2))
+    t = 0.15 / (0.1 / math.sqrt(3))
+    assert r["t"] == pytest.approx(t)
+    assert r["p_t"] == pytest.approx(2 * (0.5 - t / (2 * math.sqrt(2 + t * t))))
+    half = 4.302652729911275 * 0.1 / math.sqrt(3)                 # t_{0.975, 2}
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((0.15 - half, 0.15 + half))
+    # Wilcoxon: 3 positive differences, W = 0, exact two-sided p = 2 / 2^3
+    assert r["w"] == 0 and r["p_wilcoxon"] == pytest.approx(0.25)
+    # seed level: means (0.7333 - 0.5, 0.6667 - 0.6) = (0.2333, 0.0667); t = 1.8 with df 1
+    assert r["p_seed"] == pytest.approx(1 - 2 * math.atan(1.8) / math.pi)
+    assert stats.marker(r) == ""
+    assert stats.marker(dict(r, p_wilcoxon=0.01)) == "▲"
+    assert stats.marker(dict(r, p_wilcoxon=0.01, mean_diff=-0.1)) == "▼"
+
+
+def test_paired_test_needs_a_common_seed():
+    model, base = known_inputs()
+    with pytest.raises(ValueError, match="no seed in common"):
+        stats.paired_test({9: model[1]}, base)
+
+
+def write_run(root, run_id, seed, test, users, auc, fit=100.0):
+    folder = os.path.join(root, run_id)
+    os.makedirs(folder)
+    result = {"seed": seed, "test_result": test, "epochs_trained": 4, "start_epoch": 0,
+              "epoch_seconds": [10.0, 12.0], "fit_seconds": fit, "peak_rss_mb": 500.0,
+              "git_commit": "abcdef0123456789", "other_protocols": {},
+              "machine": {"cores": 2, "cpu": "CPU X", "torch": "2.13.0", "torch_threads": 1,
+                          "python": "3.11.7"}}
+    with open(os.path.join(folder, "result.json"), "w") as f:
+        json.dump(result, f)
+    np.savez(os.path.join(folder, "per_user_test.npz"), ctr__user_id=np.asarray(users),
+             ctr__auc=np.asarray(auc))
+
+
+EXPECTED = """# fixture
+
+Two models, two seeds.
+
+## toy: ctr track
+
+| model | seeds | auc | gauc | logloss | hit@10 | ndcg@10 | cold/gauc | hot/gauc | epochs | s/epoch | train s | peak MiB |
+|---|---|---|---|---|---|---|---|---|---|---|---|---|
+| Base | 2 | 0.7000 ± 0.1414 | 0.5500 ± 0.0707 | 0.5000 | – | – | – | – | 4 | 11.0 | 100 | 500 |
+| Ours | 2 | 0.8000 | 0.7000 ± 0.0000 | – | – | – | – | – | 4 | 11.0 | 150 | 500 |
+
+Paired test against Base (per-user test AUC, differences averaged over the seeds both have; ▲/▼ = Wilcoxon p < 0.05):
+
+| model | seeds | users | ΔGAUC [95 % CI] | p Wilcoxon | p t | p seeds (t) |
+|---|---|---|---|---|---|---|
+| Ours | 2 | 3 | +0.1500 [-0.0984, +0.3984] | 0.250 | 0.122 | 0.323 |
+
+Machine: 2 cores (CPU X), torch 2.13.0 with 1 threads, Python 3.11.7. Commit `abcdef0123`. Regenerate: `python benchmarks/run.py suites/fixture.yaml && python benchmarks/report.py suites/fixture.yaml`.
+"""
+
+
+def test_report_exact_markdown(tmp_path):
+    model, base = known_inputs()
+    root = str(tmp_path)
+    write_run(root, "Base__toy__ctr__seed1", 1, {"auc": 0.6, "gauc": 0.5, "logloss": 0.5},
+              *base[1])
+    write_run(root, "Base__toy__ctr__seed2", 2, {"auc": 0.8, "gauc": 0.6}, *base[2])
+    write_run(root, "Ours__toy__ctr__seed1", 1, {"auc": 0.8, "gauc": 0.7}, *model[1], fit=150.0)
+    write_run(root, "Ours__toy__ctr__seed2", 2, {"gauc": 0.7}, *model[2], fit=150.0)
+    suite = {"suite": "fixture", "description": "Two models, two seeds.", "baseline": "Base",
+             "_path": "suites/fixture.yaml"}
+    specs = [{"name": name, "dataset": "toy", "protocol": "ctr", "seed": seed,
+              "dir": os.path.join(root, f"{name}__toy__ctr__seed{seed}")}
+             for name in ("Base", "Ours") for seed in (1, 2)]
+    markdown, rows = report.render(suite, report.collect(specs))
+    assert markdown == EXPECTED
+    ours = [r for r in rows if r["model"] == "Ours"]
+    assert [r["vs_Base_gauc_diff"] for r in ours] == pytest.approx([0.15, 0.15])
+    assert [r["seed"] for r in rows] == [1, 2, 1, 2]
