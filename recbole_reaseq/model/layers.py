@@ -144,6 +144,41 @@ class TargetAttention(CrossAttention):
         """target [..., H], projected k / v [..., K, H], mask [..., K] -> [..., H]."""
         return self.attend(target.unsqueeze(-2), k, v, mask).squeeze(-2)
 
+    def attend_target_unique(self, target: torch.Tensor, k_unique: torch.Tensor,
+                             v_unique: torch.Tensor, inverse: torch.Tensor,
+                             mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Serving form of :meth:`attend_target` when the K retrieved items of many targets come
+        from one small set of U unique items (K/V projected once, :func:`dedup_retrieved`).
+
+        target [..., H], k_unique / v_unique [U, H], inverse [..., K] (rows of the unique set),
+        mask [..., K] -> [..., H]. Equal to ``attend_target(target, k_unique[inverse],
+        v_unique[inverse], mask)`` without materialising the [..., K, H] gathers: the scores are
+        computed against the U unique keys and gathered ([..., h, U] -> [..., h, K]); the
+        weights are scattered back onto the unique rows (a duplicated item's weights add up) and
+        multiply the U unique values.
+        """
+        lead = target.shape[:-1]
+        q = self._split(self.q_proj(target.reshape(-1, self.hidden_size)))  # [C, h, dh]
+        ku, vu = self._split(k_unique), self._split(v_unique)              # [U, h, dh]
+        inv = inverse.reshape(q.shape[0], 1, -1).expand(-1, self.n_heads, -1)  # [C, h, K]
+        scores = torch.einsum("chd,uhd->chu", q, ku) / math.sqrt(self.head_dim)  # [C, h, U]
+        scores = scores.gather(-1, inv)                                    # [C, h, K]
+        if mask is not None:
+            key_mask = mask.reshape(q.shape[0], 1, -1)                     # [C, 1, K]
+            scores = scores.masked_fill(~key_mask, float("-inf"))
+            empty = ~key_mask.any(dim=-1, keepdim=True)                    # [C, 1, 1]
+            scores = scores.masked_fill(empty, 0.0)
+        weights = torch.softmax(scores, dim=-1)                            # [C, h, K]
+        if mask is not None:
+            weights = weights * key_mask
+        weights = self.dropout(weights)
+        w_unique = weights.new_zeros(q.shape[:2] + (ku.shape[0],)).scatter_add_(-1, inv, weights)
+        out = torch.einsum("chu,uhd->chd", w_unique, vu)                   # [C, h, dh]
+        out = self.out_proj(out.reshape(q.shape[0], self.hidden_size))     # [C, H]
+        if mask is not None:
+            out = out * (~empty.view(-1, 1)).to(out.dtype)
+        return out.view(lead + (self.hidden_size,))                        # [..., H]
+
     def forward(self, target: torch.Tensor, keys: torch.Tensor,
                 mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """target [..., H], keys [..., K, H], mask [..., K] bool -> [..., H]."""

@@ -58,11 +58,12 @@ from torch.nn.init import constant_, xavier_normal_
 
 from recbole_reaseq.model.item_repr import load_item_representations, side_feature_columns
 from recbole_reaseq.model.layers import (AnchorCompressor, TargetAttention, gather_positions,
-                                         masked_topk)
+                                         dedup_retrieved, masked_topk, project_kv_naive)
 
 logger = logging.getLogger(__name__)
 
 PATHWAYS = ("retrieval", "compression")
+KV_MODES = ("positions", "dedup", "naive")
 USER_PROFILES = ("pooled", "user_id", "none")
 _PREDICT_ROWS = 4096  # rows per slice in predict
 
@@ -191,17 +192,19 @@ class ReaSeqCTR(SequentialRecommender):
         return self.item_proj(torch.cat(parts, dim=-1))                     # [..., H]
 
     # ---------------------------------------------------------------------------------  users
-    def encode_user(self, user, item_seq, item_seq_len) -> dict:
+    def encode_user(self, user, item_seq, item_seq_len, project_history: bool = True) -> dict:
         """Target-independent work, done once per user: history representations, the projected
-        ESU keys/values, the compressed anchors (projected for stage 2), profile and context."""
+        ESU keys/values (``project_history``; serving projects only the retrieved items), the
+        compressed anchors (projected for stage 2), profile and context."""
         length = item_seq.shape[1]
         positions = torch.arange(length, device=item_seq.device)
         mask = (positions.unsqueeze(0) < item_seq_len.unsqueeze(1)) & (item_seq > 0)  # [B, L]
         seq = self.item_repr(item_seq)                                      # [B, L, H]
-        state = {"mask": mask}
+        state = {"mask": mask, "item_seq": item_seq}
         if self.retrieval:
             state["hist_knowledge"] = self.knowledge_unit[item_seq]         # [B, L, D]
-            state["esu_kv"] = self.esu.project_kv(seq)                      # 2 x [B, L, H]
+            if project_history:
+                state["esu_kv"] = self.esu.project_kv(seq)                  # 2 x [B, L, H]
         if self.compression:
             anchors = self.compressor.compress(seq, mask)                   # [B, M, H]
             state["anchor_kv"] = self.compressor.target_attn.project_kv(anchors)  # 2 x [B, M, H]
@@ -215,20 +218,49 @@ class ReaSeqCTR(SequentialRecommender):
                 item_seq_len.clamp(0, self.max_seq_length))                 # [B, d]
         return state
 
-    def score(self, state: dict, items: torch.Tensor, target=None) -> torch.Tensor:
+    def retrieve(self, state: dict, items: torch.Tensor):
+        """GSU for items [B, C]: (history positions [B, C, K], valid [B, C, K]) of the top-K
+        history items by knowledge cosine (padding never selected, see ``masked_topk``)."""
+        query = self.knowledge_unit[items]                                  # [B, C, D]
+        sims = torch.einsum("bcd,bld->bcl", query, state["hist_knowledge"])  # [B, C, L]
+        mask = state["mask"].unsqueeze(1).expand_as(sims)                   # [B, C, L]
+        return masked_topk(sims, mask, self.top_k)                          # [B, C, K] x 2
+
+    def retrieved_items(self, state: dict, idx: torch.Tensor, valid: torch.Tensor):
+        """Item ids [B, C, K] at the retrieved positions (0 = padding at invalid slots)."""
+        ids = gather_positions(state["item_seq"].unsqueeze(-1), idx).squeeze(-1)  # [B, C, K]
+        return ids.masked_fill(~valid, 0)
+
+    def score(self, state: dict, items: torch.Tensor, target=None,
+              kv: str = "positions") -> torch.Tensor:
         """Logits [B, C] of items [B, C] for the users of ``state`` (target: their repr
-        [B, C, H] when already computed)."""
+        [B, C, H] when already computed).
+
+        ``kv`` says how the ESU keys/values of the retrieved items are obtained; all three give
+        the same logits: ``positions`` gathers the per-position projections of ``encode_user``
+        (training, full sort); ``naive`` embeds and projects each candidate's K retrieved items
+        (C * K rows); ``dedup`` (serving) merges the retrieved items of all candidates, projects
+        each unique item once and attends against the unique keys/values with an index
+        (``TargetAttention.attend_target_unique``)."""
+        if kv not in KV_MODES:
+            raise ValueError(f"kv must be one of {KV_MODES}, got {kv!r}")
         if target is None:
             target = self.item_repr(items)                                  # [B, C, H]
         n_cands = items.shape[1]
         feats = [target]
         if self.retrieval:
-            query = self.knowledge_unit[items]                              # [B, C, D]
-            sims = torch.einsum("bcd,bld->bcl", query, state["hist_knowledge"])  # [B, C, L]
-            mask = state["mask"].unsqueeze(1).expand_as(sims)               # [B, C, L]
-            idx, valid = masked_topk(sims, mask, self.top_k)                # [B, C, K]
-            k, v = (gather_positions(x, idx) for x in state["esu_kv"])      # [B, C, K, H]
-            esu = self.esu.attend_target(target, k, v, valid)               # [B, C, H]
+            idx, valid = self.retrieve(state, items)                        # [B, C, K]
+            if kv == "dedup":
+                unique, inverse = dedup_retrieved(self.retrieved_items(state, idx, valid))
+                k, v = self.esu.project_kv(self.item_repr(unique))          # [U, H] x 2
+                esu = self.esu.attend_target_unique(target, k, v, inverse, valid)  # [B, C, H]
+            else:
+                if kv == "positions":
+                    k, v = (gather_positions(x, idx) for x in state["esu_kv"])  # [B, C, K, H]
+                else:
+                    ids = self.retrieved_items(state, idx, valid)           # [B, C, K]
+                    k, v = project_kv_naive(self.esu, self.item_repr, ids)  # [B, C, K, H]
+                esu = self.esu.attend_target(target, k, v, valid)           # [B, C, H]
             feats += [esu, esu * target]
         if self.compression:
             k, v = state["anchor_kv"]                                       # [B, M, H]
@@ -246,6 +278,17 @@ class ReaSeqCTR(SequentialRecommender):
         """Logits [B] of the target ``items`` [B]."""
         state = self.encode_user(user, item_seq, item_seq_len)
         return self.score(state, items.unsqueeze(1)).squeeze(1)
+
+    @torch.no_grad()
+    def serve(self, item_seq, item_seq_len, candidates, user=None, kv: str = "dedup"):
+        """One serving request: a user's history item_seq [1, L] (length [1]) and candidates
+        [C] -> probabilities [C]. ``kv="dedup"`` is the paper's deployment optimisation (the
+        retrieved history items of all candidates merged, K/V projected once per unique item);
+        ``kv="naive"`` projects every candidate's K retrieved items (see ``score``)."""
+        if user is None:
+            user = torch.zeros_like(item_seq_len)
+        state = self.encode_user(user, item_seq, item_seq_len, project_history=False)
+        return torch.sigmoid(self.score(state, candidates.view(1, -1), kv=kv)).view(-1)
 
     def _inputs(self, interaction):
         return (interaction[self.USER_ID], interaction[self.ITEM_SEQ],

@@ -162,6 +162,17 @@ def test_dedup_path_equals_naive_path():
     out_naive = attn.attend_target(target, k_naive, v_naive, mask)
     out_dedup = attn.attend_target(target, k_dedup, v_dedup, mask)
     assert (out_naive - out_dedup).abs().max() <= 1e-6
+    # attending against the unique keys with an index: same output, no [C, K, H] gather; rows
+    # with a repeated item (weights add up), an all-masked row (zeros), leading dims [2, 15]
+    assert any(len(set(row.tolist())) < 5 for row in idx)
+    mask[7] = False
+    out_naive = attn.attend_target(target, k_naive, v_naive, mask)
+    k_u, v_u = attn.project_kv(table(unique))                              # [U, H]
+    out_unique = attn.attend_target_unique(target.view(2, 15, 16), k_u, v_u,
+                                           inverse.view(2, 15, 5), mask.view(2, 15, 5))
+    assert out_unique.shape == (2, 15, 16)
+    assert (out_unique.view(30, 16) - out_naive).abs().max() <= 1e-6
+    assert torch.equal(out_unique.view(30, 16)[7], torch.zeros(16))
 
 
 def test_faiss_index_equals_brute_force():

@@ -128,6 +128,32 @@ def test_predict_and_full_sort_agree(prepared, monkeypatch):
     assert torch.allclose(fast, score_candidates(model, inter, cands, dataset, config), atol=1e-6)
 
 
+def test_serving_dedup_equals_naive_and_predict(prepared):
+    """A serving request (one history, C candidates): the deduplicated K/V path, the naive path
+    and predict on the same (user, item) pairs give the same probabilities (1e-6), and the dedup
+    path projects only the unique retrieved items."""
+    config, dataset, _train, _valid, test = prepared
+    model = build(config, dataset)
+    inter = first_test_batch(test)
+    for row in range(4):
+        seq, length = inter["item_id_list"][row:row + 1], inter["item_length"][row:row + 1]
+        cands = torch.randint(1, dataset.item_num, (25,))
+        dedup = model.serve(seq, length, cands, user=inter["user_id"][row:row + 1], kv="dedup")
+        naive = model.serve(seq, length, cands, user=inter["user_id"][row:row + 1], kv="naive")
+        rows = inter[[row]].repeat_interleave(len(cands))
+        rows.update(Interaction({"item_id": cands}))
+        with torch.no_grad():
+            point = model.predict(rows)
+        assert torch.allclose(dedup, naive, atol=1e-6) and torch.allclose(dedup, point, atol=1e-6)
+        state = model.encode_user(inter["user_id"][row:row + 1], seq, length)
+        idx, valid = model.retrieve(state, cands.view(1, -1))
+        ids = model.retrieved_items(state, idx, valid)                  # [1, C, K]
+        assert set(ids[valid].tolist()) <= set(seq[0, :int(length)].tolist())
+        assert torch.unique(ids).numel() <= min(int(length) + 1, ids.numel())
+    with pytest.raises(ValueError, match="kv must be one of"):
+        model.serve(seq, length, cands, kv="fast")
+
+
 def test_any_sequence_length_and_trim_padding(prepared):
     config, dataset, _train, _valid, test = prepared
     model = build(config, dataset)
