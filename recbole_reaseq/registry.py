@@ -29,6 +29,8 @@ RECBOLE_MODEL_PACKAGES = (
 _MODEL_TABLE: dict[str, str] = {
     "ReaSeqCTR": "recbole_reaseq.model.reaseqctr:ReaSeqCTR",
     "KnowledgeDIN": "recbole_reaseq.model.knowledgedin:KnowledgeDIN",
+    "ReaRec": "recbole_reaseq.model.rearec:ReaRec",
+    "PLR": "recbole_reaseq.model.plr:PLR",
 }
 _TRANSFORM_TABLE: dict[str, str] = {
     "trim_padding": "recbole_reaseq.data.transforms:TrimPadding",

@@ -1,0 +1,178 @@
+"""ReaRec (ERL / PRL latent reasoning on SASRec) on the tiny synthetic data set (conftest.py)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from recbole.utils import init_seed
+
+from recbole_reaseq import registry
+from recbole_reaseq.model.rearec import ReaRec, pairwise_kl_diversity
+from recbole_reaseq.quick_start import (build_model, evaluate_checkpoint, load_data_and_model,
+                                        make_config, prepare_data, run)
+from tests.conftest import tiny_config
+
+from . import single_thread  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_root, tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("rearec"))
+    config = make_config("ReaRec", "tiny", config_dict=tiny_config(tiny_root, work, n_heads=2))
+    return (config,) + tuple(prepare_data(config))
+
+
+def _build(config, train, **overrides):
+    saved = {key: config[key] for key in overrides}
+    for key, value in overrides.items():
+        config[key] = value
+    try:
+        return build_model(config, train)
+    finally:
+        for key, value in saved.items():
+            config[key] = value
+
+
+def _test_batch(test):
+    return next(iter(test))[0]
+
+
+def test_registered_and_defaults(prepared):
+    config = prepared[0]
+    assert registry.get_model("ReaRec") is ReaRec and registry.is_ours("ReaRec")
+    assert not torch.is_anomaly_enabled()              # importing SASRec did not switch it on
+    assert config["rearec_mode"] == "ERL" and config["reasoning_steps"] == 2
+    assert config["loss_type"] == "CE" and config["train_neg_sample_args"]["sample_num"] == "none"
+
+
+@pytest.mark.parametrize("mode", ["ERL", "PRL"])
+def test_zero_steps_is_exactly_sasrec(prepared, mode):
+    config, dataset, train, _valid, test = prepared
+    init_seed(config["seed"], config["reproducibility"])
+    sasrec = registry.get_model("SASRec")(config, dataset)
+    model = _build(config, train, reasoning_steps=0, rearec_mode=mode)   # same seed
+    assert model.reason_pos_emb is None
+    ours, theirs = model.state_dict(), sasrec.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    sasrec.load_state_dict(ours)                                          # strict both ways
+    model.load_state_dict(theirs)
+    batch, inter = next(iter(train)), _test_batch(test)
+    with torch.no_grad():
+        model.eval(), sasrec.eval()
+        seq, length = inter["item_id_list"], inter["item_length"]
+        assert torch.equal(model(seq, length), sasrec(seq, length))
+        assert torch.equal(model.full_sort_predict(inter), sasrec.full_sort_predict(inter))
+        assert torch.equal(model.predict(inter), sasrec.predict(inter))
+        model.train(), sasrec.train()                                     # dropout: same draws
+        torch.manual_seed(3)
+        ours_loss = model.calculate_loss(batch)
+        torch.manual_seed(3)
+        assert torch.equal(ours_loss, sasrec.calculate_loss(batch))
+
+
+def test_cached_reasoning_equals_reencoding_with_appended_tokens(prepared):
+    config, _dataset, train, _valid, test = prepared
+    model = _build(config, train, reasoning_steps=3).eval()
+    inter = _test_batch(test)
+    seq, length = inter["item_id_list"], inter["item_length"]
+    with torch.no_grad():
+        steps, _ = model.reason(seq, length)                              # [B, 4, H]
+        positions = torch.arange(seq.shape[1]).unsqueeze(0).expand_as(seq)
+        items = model.LayerNorm(model.item_embedding(seq) + model.position_embedding(positions))
+        for step in range(1, 4):                  # re-encode items + reasoning tokens so far
+            tokens = torch.stack([model.reasoning_input(steps[:, k], k) for k in range(step)], 1)
+            valid = torch.cat([seq, torch.ones(seq.shape[0], step, dtype=seq.dtype)], 1)
+            out = model.trm_encoder(torch.cat([items, tokens], 1),
+                                    model.get_attention_mask(valid))[-1][:, -1]
+            assert torch.allclose(out, steps[:, step], atol=1e-5)
+        sasrec_h0 = super(ReaRec, model).forward(seq, length)
+        assert torch.equal(steps[:, 0], sasrec_h0)                        # step 0 = SASRec
+
+
+def test_reasoning_position_embeddings_only_on_reasoning_steps(prepared):
+    config, _dataset, train, _valid, test = prepared
+    model = _build(config, train, reasoning_steps=2).eval()
+    inter = _test_batch(test)
+    seq, length = inter["item_id_list"], inter["item_length"]
+    with torch.no_grad():
+        before, _ = model.reason(seq, length)
+        model.reason_pos_emb.weight.add_(torch.randn_like(model.reason_pos_emb.weight))
+        after, _ = model.reason(seq, length)
+    assert torch.equal(before[:, 0], after[:, 0])            # the item encoding is untouched
+    for step in (1, 2):                                      # every reasoning step moved
+        assert (before[:, step] - after[:, step]).abs().max() > 1e-3
+    model.train()
+    model.calculate_loss(next(iter(train))).backward()
+    assert model.reason_pos_emb.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["ERL", "PRL"])
+def test_predict_agrees_with_full_sort_predict(prepared, mode):
+    config, _dataset, train, _valid, test = prepared
+    model = _build(config, train, rearec_mode=mode).eval()
+    inter = _test_batch(test)
+    with torch.no_grad():
+        full = model.full_sort_predict(inter)                             # [B, n_items]
+        gathered = full.gather(1, inter["item_id"].unsqueeze(1)).squeeze(1)
+        assert torch.allclose(model.predict(inter), gathered, atol=1e-5)
+        steps, _ = model.reason(inter["item_id_list"], inter["item_length"])
+        expected = steps.mean(1) if mode == "ERL" else steps[:, -1]       # inference rule
+        assert torch.allclose(full, expected @ model.item_embedding.weight.t(), atol=1e-5)
+
+
+def test_erl_and_prl_losses(prepared):
+    config, _dataset, train, _valid, _test = prepared
+    logits = torch.randn(4, 3, 7)
+    assert pairwise_kl_diversity(logits) > 0
+    assert pairwise_kl_diversity(logits[:, :1].expand(-1, 3, -1)).abs() < 1e-6
+    prl = _build(config, train, rearec_mode="PRL", reasoning_steps=2)
+    assert torch.allclose(prl.step_temperatures("cpu"), torch.tensor([1.75, 0.35, 0.07]))
+    batch = next(iter(train))
+    losses = {}
+    for cl_weight in (0.0, 1.0):                            # the contrastive term is in the loss
+        prl.prl_cl_weight = cl_weight
+        torch.manual_seed(0)
+        losses[cl_weight] = prl.calculate_loss(batch)
+    assert math.isfinite(losses[1.0].item()) and losses[1.0] > losses[0.0]
+    erl = _build(config, train, rearec_mode="ERL", reasoning_steps=2)
+    torch.manual_seed(0)
+    with_kl = erl.calculate_loss(batch)
+    erl.erl_kl_weight = 0.0
+    torch.manual_seed(0)
+    assert with_kl < erl.calculate_loss(batch)              # the diversity term is subtracted
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"rearec_mode": "CoT"}, "rearec_mode"),
+    ({"reasoning_steps": -1}, "reasoning_steps"),
+    ({"loss_type": "BPR"}, "loss_type: CE"),
+])
+def test_bad_config_is_refused_with_the_key(prepared, overrides, message):
+    config, _dataset, train = prepared[0], prepared[1], prepared[2]
+    with pytest.raises(ValueError, match=message):
+        _build(config, train, **overrides)
+
+
+@pytest.mark.parametrize("mode", ["ERL", "PRL"])
+def test_loss_falls_on_tiny_slice(tiny_root, workdir, mode):
+    result = run("ReaRec", "tiny", saved=False, config_dict=tiny_config(
+        tiny_root, workdir, epochs=8, stopping_step=100, learning_rate=0.01, rearec_mode=mode))
+    losses = result["train_loss"]
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.85 * losses[0]
+    assert result["test_result"]["hit@10"] > 0.25          # random ranking: 10 / 40
+
+
+def test_checkpoint_reloads_to_identical_predictions(tiny_root, workdir):
+    result = run("ReaRec", "tiny", config_dict=tiny_config(
+        tiny_root, workdir, epochs=2, rearec_mode="PRL"))
+    assert evaluate_checkpoint(result["checkpoint"]) == result["test_result"]
+    config, model, _dataset, _train, _valid, test = load_data_and_model(result["checkpoint"])
+    again = load_data_and_model(result["checkpoint"])[1]
+    assert config["rearec_mode"] == "PRL" and model.reason_pos_emb is not None
+    inter = _test_batch(test)
+    with torch.no_grad():
+        assert torch.equal(model.eval().full_sort_predict(inter),
+                           again.eval().full_sort_predict(inter))
