@@ -29,11 +29,13 @@ RECBOLE_MODEL_PACKAGES = (
 _MODEL_TABLE: dict[str, str] = {
     "ReaSeqCTR": "recbole_reaseq.model.reaseqctr:ReaSeqCTR",
     "KnowledgeDIN": "recbole_reaseq.model.knowledgedin:KnowledgeDIN",
+    "GBRDIN": "recbole_reaseq.model.gbrdin:GBRDIN",
     "ReaRec": "recbole_reaseq.model.rearec:ReaRec",
     "PLR": "recbole_reaseq.model.plr:PLR",
 }
 _TRANSFORM_TABLE: dict[str, str] = {
     "trim_padding": "recbole_reaseq.data.transforms:TrimPadding",
+    "gbr_augment": "recbole_reaseq.gbr.transform:GBRAugment",
 }
 
 MODELS: dict[str, type] = {}

@@ -1,0 +1,110 @@
+"""GBRDIN (Table 6 "Base") and GBR-DIN (with gbr_augment) on the tiny synthetic data set."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recbole_reaseq import registry
+from recbole_reaseq.gbr.augment import augment
+from recbole_reaseq.gbr.train import prepare, train
+from recbole_reaseq.gbr.transform import GBRAugment
+from recbole_reaseq.model.gbrdin import GBRDIN
+from recbole_reaseq.quick_start import build_model, make_config, prepare_data, run
+from tests.conftest import tiny_config
+from tests.gbr import single_thread  # noqa: F401  (fixture)
+from tests.model import TINY_KNOWLEDGE
+
+from .gbr_helpers import artifact_copy, tiny_gbr
+
+SMALL = {"embedding_size": 8, "mlp_hidden_size": [16, 8], "eval_protocol": "ctr",
+         "reaseq_knowledge": TINY_KNOWLEDGE}
+
+
+@pytest.fixture(scope="module")
+def artifacts(tiny_root, tmp_path_factory):
+    folder = artifact_copy(tiny_root, tmp_path_factory, "gbrdin")
+    for kw in ({"rule": "C"}, {"rule": "T", "time_percentile": 100.0}):   # T: no gap at all
+        prep = prepare(tiny_gbr(tiny_root, folder, epochs=2, **kw))
+        train(prep)
+        augment(prep)
+    return folder
+
+
+def _config(tiny_root, workdir, artifacts, **kw):
+    return tiny_config(tiny_root, workdir, reaseq_artifact_dir=artifacts, **dict(SMALL, **kw))
+
+
+def test_registered_with_ctr_defaults(tiny_root, workdir, artifacts):
+    assert registry.get_model("GBRDIN") is GBRDIN and registry.is_ours("GBRDIN")
+    config = make_config("GBRDIN", "tiny", config_dict=tiny_config(tiny_root, workdir))
+    assert config["eval_protocol"] == "ctr" and config["gbr_fill_slots"] == 10
+    assert config["train_neg_sample_args"]["sample_num"] == 1
+    assert not torch.is_anomaly_enabled()
+
+
+def test_gbr_din_trains_loss_falls(tiny_root, workdir, artifacts):
+    result = run("GBRDIN", "tiny", saved=False, config_dict=_config(
+        tiny_root, workdir, artifacts, epochs=5, reaseq_transforms=["gbr_augment"]))
+    losses = result["train_loss"]
+    assert len(losses) == 5 and losses[-1] < losses[0]
+    for key in ("auc", "gauc", "logloss"):
+        assert math.isfinite(result["test_result"][key])
+
+
+def test_base_equals_gbr_din_with_zero_fills(tiny_root, workdir, artifacts):
+    base = run("GBRDIN", "tiny", saved=False, config_dict=_config(
+        tiny_root, workdir, artifacts, epochs=2))
+    zero = run("GBRDIN", "tiny", saved=False, config_dict=_config(
+        tiny_root, workdir, artifacts, epochs=2, reaseq_transforms=["gbr_augment"],
+        gbr_rule="T"))
+    assert zero["train_loss"] == base["train_loss"]
+    assert zero["test_result"] == base["test_result"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_root, tmp_path_factory, artifacts):
+    work = str(tmp_path_factory.mktemp("gbrdin_loaders"))
+    config = make_config("GBRDIN", "tiny", config_dict=_config(
+        tiny_root, work, artifacts, reaseq_transforms=["gbr_augment"]))
+    return (config,) + tuple(prepare_data(config))
+
+
+def _check_rows(inter, with_fill):
+    items, fidx = inter["gbr_items"], inter["gbr_fill_index"]
+    for b in range(len(items)):
+        observed = items[b][fidx[b] == 0][: int(inter["item_length"][b])]
+        l = int(inter["item_length"][b])
+        assert observed.tolist() == inter["item_id_list"][b, :l].tolist()
+        assert int(inter["gbr_length"][b]) == l + int((fidx[b] > 0).sum())
+    with_fill.append(int((fidx > 0).sum()))
+
+
+def test_train_and_eval_loaders_are_augmented(prepared):
+    _config_, _dataset, train_data, valid_data, test_data = prepared
+    for loader in (train_data, valid_data, test_data):
+        fills = []
+        for batch in loader:
+            inter = batch if not isinstance(batch, tuple) else batch[0]
+            assert "gbr_items" in inter.interaction
+            _check_rows(inter, fills)
+        assert sum(fills) > 0
+
+
+def test_insert_and_append_differ_only_through_positions(prepared):
+    config, dataset, train_data, _valid, test_data = prepared
+    inter = next(iter(test_data))[0]
+    assert (inter["gbr_fill_index"] > 0).any()
+    appended = GBRAugment(dict(config.final_config_dict, gbr_mode="append"))(
+        dataset, inter.clone() if hasattr(inter, "clone") else inter[torch.arange(len(inter))])
+    assert not torch.equal(appended["gbr_items"], inter["gbr_items"])
+    for use_position, equal in ((False, True), (True, False)):
+        config["position_embedding"] = use_position
+        try:
+            model = build_model(config, train_data).eval()
+        finally:
+            config["position_embedding"] = True
+        with torch.no_grad():
+            a, b = model.predict(inter), model.predict(appended)
+        assert torch.allclose(a, b, atol=1e-6) == equal

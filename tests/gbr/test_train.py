@@ -1,0 +1,120 @@
+"""The resumable reasoner training loop on the tiny synthetic data set (conftest.py)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_reaseq.data.datasets import file_sha256
+from recbole_reaseq.gbr import __main__ as cli
+from recbole_reaseq.gbr.train import (GBRConfig, evaluate_ib, prepare, train, variant_name,
+                                      variant_root)
+from tests.gbr import single_thread  # noqa: F401  (fixture)
+
+from .gbr_helpers import artifact_copy, tiny_gbr
+
+
+@pytest.fixture(scope="module")
+def folders(tiny_root, tmp_path_factory):
+    return {k: artifact_copy(tiny_root, tmp_path_factory, k) for k in ("a", "b", "c")}
+
+
+def _state(cfg):
+    blob = torch.load(variant_root("tiny", cfg.variant, cfg.artifact_dir) / "reasoner.pt",
+                      weights_only=False)
+    return blob["model"]
+
+
+def test_variant_names_follow_table5():
+    assert variant_name("T", "softmax") == "GBR-T-0"
+    assert variant_name("C", "cosine") == "GBR-C-1"
+    assert variant_name("C", "euclidean") == "GBR-C-2"
+    assert variant_name("TC", "softmax", "inv_t") == "GBR-TC-0-invt"
+
+
+def test_resume_trains_only_the_missing_epoch_and_matches_an_uninterrupted_run(tiny_root,
+                                                                                folders):
+    one = tiny_gbr(tiny_root, folders["a"], epochs=1)
+    prep = prepare(one)
+    m1 = train(prep)
+    assert m1["status"] == "trained" and m1["epochs_done"] == 1
+    prep.cfg.epochs = 2                                      # rerun asking for 2 epochs
+    m2 = train(prep)
+    assert m2["status"] == "resumed" and m2["epochs_done"] == 2
+    assert m2["history"][0] == m1["history"][0]              # epoch 1 was not retrained
+    again = train(prep)                                      # nothing left to do
+    assert again["status"] == "fresh" and again["history"] == m2["history"]
+    straight = tiny_gbr(tiny_root, folders["b"], epochs=2)
+    m3 = train(prepare(straight))
+    a, b = _state(prep.cfg), _state(straight)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert m3["history"][1]["train_loss"] == m2["history"][1]["train_loss"]
+    root = variant_root("tiny", "GBR-C-0", folders["a"])
+    lines = (root / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]          # no duplicate after resume
+    assert json.loads(lines[1]) == json.loads(json.dumps(m2["history"][1]))
+    assert not list(root.glob(".*tmp*"))                              # atomic writes, no leftovers
+
+
+def test_stale_checkpoint_retrains_from_scratch(tiny_root, folders):
+    cfg = tiny_gbr(tiny_root, folders["a"], epochs=1, lr=1e-3)       # other lr than above
+    m = train(prepare(cfg))
+    assert m["status"].startswith("retrained") and "config" in m["status"]
+    assert m["epochs_done"] == 1
+
+
+def test_loss_falls_and_manifest_records_ratios(tiny_root, folders):
+    cfg = tiny_gbr(tiny_root, folders["c"], epochs=20, schedule_epochs=20)
+    prep = prepare(cfg)
+    m = train(prep)
+    losses = [h["train_loss"] for h in m["history"]]
+    assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.1
+    for h in m["history"]:                                    # IB metrics logged every epoch
+        assert h["n_mask"] > 0 and np.isfinite(h["mask_ppl"]) and 0 <= h["mask_acc"] <= 1
+    ex = prep.inputs.examples
+    n_items = sum(len(x.items) for x in ex)
+    n_gaps = sum(len(x.fill_after) for x in ex)
+    n_lab = sum(len(x.labelled) for x in ex)
+    saved = json.loads((variant_root("tiny", "GBR-C-0", folders["c"])
+                        / "manifest.train.json").read_text())
+    assert saved["fill_ratio"] == pytest.approx(n_gaps / (n_items + n_gaps))
+    assert saved["label_ratio"] == pytest.approx(n_lab / n_items)
+    assert saved["data_fingerprint"]["inter"] == file_sha256(f"{tiny_root}/tiny/tiny.inter")
+    assert saved["seed"] == 2020 and saved["epochs_done"] == 20
+    assert saved["final_metrics"] == json.loads(json.dumps(m["history"][-1]))
+    # the held-out users are never trained on
+    assert not set(prep.holdout_rows) & set(prep.train_rows)
+
+
+def test_ib_evaluation_is_deterministic(tiny_root, folders):
+    cfg = tiny_gbr(tiny_root, folders["b"], epochs=2)
+    prep = prepare(cfg)
+    from recbole_reaseq.gbr.train import _sequences, load_reasoner
+
+    model, _ = load_reasoner(prep)
+    seqs = _sequences(prep, prep.holdout_rows)
+    assert evaluate_ib(model, seqs, cfg) == evaluate_ib(model, seqs, cfg)
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("rule", "Q", "rule"), ("loss", "hinge", "loss"), ("weighting", "sqrt", "weighting"),
+    ("epochs", 30, "schedule-epochs"), ("n_heads", 3, "n_heads"), ("context", "x", "context")])
+def test_bad_settings_name_the_field_and_the_fix(field, value, needle):
+    with pytest.raises(ValueError, match=needle) as err:
+        GBRConfig(dataset="tiny", **{field: value}).check()
+    assert "Fix:" in str(err.value)
+
+
+def test_cli_reports_and_bad_input(tiny_root, folders, capsys):
+    base = ["--dataset", "tiny", "--data-path", tiny_root, "--artifact-dir", folders["b"],
+            "--quiet", "--threads", "1"]
+    assert cli.main(["locate"] + base) == 0
+    out = capsys.readouterr().out
+    assert "[FILL] ratio |U| / tokens" in out and "|L| ratio" in out
+    assert cli.main(["train"] + base + ["--rule", "Q"]) == 2
+    err = capsys.readouterr().err
+    assert "rule='Q'" in err and "Fix:" in err
+    assert cli.main(["augment"] + base + ["--d-model", "8", "--n-heads", "2"]) == 2
+    assert "no finished, up-to-date reasoner" in capsys.readouterr().err
