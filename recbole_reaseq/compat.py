@@ -26,6 +26,16 @@ Symptoms and fixes (RecBole 1.2.1):
    no-op in-place ``fillna`` that leaves padding rows NaN, ``from ray import tune`` in
    ``recbole.quick_start``). These cannot be patched safely: ``setup.py`` pins ``numpy<2``,
    ``pandas<3``, ``setuptools<81`` and :func:`check_versions` refuses to run on a broken stack.
+6. RecBole's distributed mode (``local_rank`` / ``nproc`` / ``world_size`` / ``ip`` / ``port`` /
+   ``offset``) assumes CUDA: ``Config._init_device`` asserts ``len(gpu_id) >= nproc``, hard-codes
+   ``init_process_group(backend="nccl")`` and ``torch.cuda.set_device(local_rank)``, and the
+   trainer wraps the model in ``DistributedDataParallel(model, device_ids=[local_rank])``; on a
+   CPU machine all of these fail (no nccl, no CUDA device, and DDP refuses ``device_ids`` for a
+   CPU module). Fix: :func:`distributed_init` (used by :class:`recbole_reaseq.config.Config` around
+   RecBole's own ``_init_device``) starts the process group with ``dist_backend`` (default: nccl
+   when CUDA is usable, else gloo) and, without CUDA, skips the GPU-count check and
+   ``set_device`` and puts the rank on the CPU; :func:`cpu_ddp` (used by
+   :func:`recbole_reaseq.quick_start.build_trainer`) drops ``device_ids`` for CPU modules.
 """
 from __future__ import annotations
 
@@ -93,3 +103,102 @@ def explicit_argv(args: list[str] | None):
         yield
     finally:
         sys.argv = saved
+
+
+DIST_BACKENDS = ("nccl", "gloo")
+DISTRIBUTED_KEYS = ("nproc", "world_size", "ip", "port", "offset")
+
+
+def _cuda_usable(gpu_id: str) -> bool:
+    """CUDA devices usable for ``gpu_id`` (RecBole's string, ``''`` = CPU)."""
+    import torch
+
+    if gpu_id == "" or not torch.cuda._is_compiled():
+        return False
+    # RecBole's _init_device sets exactly this before touching CUDA; do it first so that the CUDA
+    # runtime, initialised by is_available(), sees the same devices.
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+    return torch.cuda.is_available()
+
+
+def dist_backend(config: dict, cuda: bool) -> str:
+    """The torch.distributed backend: config ``dist_backend``, or nccl with CUDA, gloo without."""
+    backend = config.get("dist_backend")
+    if backend in (None, "", "auto"):
+        return "nccl" if cuda else "gloo"
+    backend = str(backend).lower()
+    if backend not in DIST_BACKENDS:
+        raise ValueError(f"dist_backend: unknown backend {config.get('dist_backend')!r}. Fix: set "
+                         "dist_backend to gloo, nccl or ~ (auto: nccl on GPUs, gloo on CPU).")
+    if backend == "nccl" and not cuda:
+        raise ValueError("dist_backend: nccl needs CUDA GPUs, and none is usable here (gpu_id "
+                         f"{config.get('gpu_id')!r}). Fix: dist_backend: gloo (or ~ for auto).")
+    return backend
+
+
+@contextlib.contextmanager
+def distributed_init(config: dict):
+    """Wrap RecBole's ``Config._init_device`` so that its distributed branch also runs on CPU.
+
+    ``config`` is the final config dict. Nothing changes for a single process (no
+    ``local_rank``). For a rank of a distributed run, ``torch.distributed.init_process_group`` is
+    called with the backend of :func:`dist_backend`; without CUDA, RecBole's check that
+    ``gpu_id`` lists ``nproc`` GPUs and its ``torch.cuda.set_device`` are skipped, and the device
+    becomes the CPU afterwards.
+    """
+    if "local_rank" not in config:
+        yield
+        return
+    missing = [k for k in DISTRIBUTED_KEYS if config.get(k) is None]
+    if missing:
+        raise ValueError(f"local_rank is set but {', '.join(missing)} is not. Fix: launch "
+                         "distributed runs with `run_recbole.py --nproc=N` (or "
+                         "recbole_reaseq.quick_start.run_distributed), which sets all of "
+                         f"local_rank, {', '.join(DISTRIBUTED_KEYS)}.")
+    import torch
+    import torch.distributed as dist
+
+    gpu_id = config.get("gpu_id")
+    gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, (tuple, list)) else str(gpu_id)
+    cuda = _cuda_usable(gpu_id)
+    backend = dist_backend(config, cuda)
+    init_process_group, set_device, nproc = dist.init_process_group, torch.cuda.set_device, None
+
+    def init_with_backend(*args, **kwargs):
+        kwargs["backend"] = backend
+        return init_process_group(*args, **kwargs)
+
+    dist.init_process_group = init_with_backend
+    if not cuda:
+        nproc = config["nproc"]
+        config["nproc"] = 0                        # RecBole asserts len(gpu_id) >= nproc
+        torch.cuda.set_device = lambda device: None
+    try:
+        yield
+    finally:
+        dist.init_process_group, torch.cuda.set_device = init_process_group, set_device
+        if nproc is not None:
+            config["nproc"] = nproc
+    if not cuda:
+        config["device"] = torch.device("cpu")
+    config["dist_backend"] = backend
+
+
+@contextlib.contextmanager
+def cpu_ddp():
+    """While RecBole's trainer is built, ``DistributedDataParallel`` of a CPU module gets
+    ``device_ids=None`` (RecBole passes ``[local_rank]``, valid for one-GPU-per-rank only)."""
+    from recbole.trainer import trainer as recbole_trainer
+
+    ddp = recbole_trainer.DistributedDataParallel
+
+    def ddp_any_device(module, device_ids=None, *args, **kwargs):
+        if all(p.device.type == "cpu" for p in module.parameters()):
+            device_ids = None
+        return ddp(module, device_ids, *args, **kwargs)
+
+    recbole_trainer.DistributedDataParallel = ddp_any_device
+    try:
+        yield
+    finally:
+        recbole_trainer.DistributedDataParallel = ddp

@@ -17,6 +17,10 @@ Data sets: ``ml-100k`` is RecBole's embedded copy (RecBole hard-wires its ``data
 other data set, ``data_path`` is, in order: ``--data_path`` / config, the environment variable
 ``REASEQ_DATA_PATH``, then ``../shared/datasets`` beside the checkout and ``./dataset``. A data set
 found in none of them raises :class:`DatasetNotFoundError`, which lists where it looked.
+
+Distributed runs (``local_rank`` set by :func:`recbole_reaseq.quick_start.run_distributed`): RecBole's
+own ``_init_device`` starts torch.distributed, with the backend ``dist_backend`` (nccl on GPUs, gloo
+on CPU, see :func:`recbole_reaseq.compat.distributed_init`).
 """
 from __future__ import annotations
 
@@ -118,6 +122,11 @@ class Config(_RecBoleConfig):
             if os.path.basename(os.path.dirname(path)) == "dataset":
                 self.parameters["Dataset"] += [k for k in loaded
                                                if k not in self.parameters["Dataset"]]
+
+    def _init_device(self):
+        # RecBole's own device / torch.distributed set-up, made to work on CPU (gloo) too
+        with compat.distributed_init(self.final_config_dict):
+            super()._init_device()
 
     def _set_default_parameters(self):
         if self.final_config_dict.get("eval_protocol") == "ctr":

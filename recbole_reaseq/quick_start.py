@@ -3,15 +3,34 @@
 ``run_recbole.py``, the benchmarks and the tests call :func:`run`; checkpoints reload through
 :func:`load_data_and_model`. Both resolve models with :mod:`recbole_reaseq.registry`, so RecBole's
 built-ins and ours go through the same code.
+
+Distributed training (RecBole's DDP mode): :func:`run_distributed` spawns ``nproc`` processes that
+each call :func:`run` with ``local_rank`` and RecBole's ``nproc`` / ``world_size`` / ``ip`` /
+``port`` / ``offset``; RecBole then shards the training batches (``DistributedSampler``;
+``train_batch_size`` is the global batch) and averages gradients (``DistributedDataParallel``;
+gloo on CPU, see :mod:`recbole_reaseq.compat`). Under DDP:
+
+- knowledge artefacts and CTR candidates are built by global rank 0 first, the other ranks then
+  load them (no two processes write the same files);
+- every rank evaluates the WHOLE valid / test set on the CTR track (RecBole's evaluation loaders
+  are sharded; :class:`FullEvalView` iterates them unsharded), so the metrics, and therefore the
+  early-stopping decisions, are exactly those of a single process with the same weights and are
+  identical on all ranks (no gather: evaluation is not parallelised). The ranking track keeps
+  RecBole's own sharded evaluation with its all-gather of sample-weighted metric means;
+- the checkpoint is written by rank 0 only (RecBole) under one file name shared by all ranks;
+- ``train_loss`` in the result is the mean over ranks of each rank's summed batch losses, i.e.
+  the sum over steps of the global-batch mean loss, comparable with a single process.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import resource
 import sys
 import time
 
-from recbole_reaseq import compat  # noqa: F401
+from recbole_reaseq import compat
 from recbole_reaseq import registry
 from recbole_reaseq.config import Config
 from recbole_reaseq.data.candidates import load_or_build_candidates
@@ -39,13 +58,75 @@ def build_model(config, train_data):
     return model_class(config, train_data._dataset).to(config["device"])
 
 
-def build_trainer(config, model, dataset):
-    """RecBole's trainer for the model, with :class:`ReaSeqTrainerMixin` in front."""
+def is_distributed(config) -> bool:
+    return not config["single_spec"]
+
+
+class FullEvalView:
+    """An evaluation loader iterated WITHOUT its ``DistributedSampler`` shard: the batches of a
+    single process (``eval_batch_size`` users each, in order). Other attributes pass through."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+    def __len__(self) -> int:
+        step = self.loader.config["eval_batch_size"]
+        return (self.loader.sample_size + step - 1) // step
+
+    def __iter__(self):
+        step = self.loader.config["eval_batch_size"]
+        for start in range(0, self.loader.sample_size, step):
+            yield self.loader.collate_fn(list(range(start, min(start + step,
+                                                                self.loader.sample_size))))
+
+
+class DistributedEvalMixin:
+    """Under DDP, CTR-track evaluation scores the whole set on every rank (see module doc)."""
+
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if eval_data and self.config["eval_protocol"] == "ctr":
+            eval_data = FullEvalView(eval_data)
+        return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+
+
+@contextlib.contextmanager
+def rank_zero_first(config):
+    """Global rank 0 runs the block first, then the other ranks (artefact building). With several
+    nodes, ``reaseq_artifact_dir`` should be on a shared file system, or the artefacts built on
+    every node beforehand (``python -m recbole_reaseq.knowledge``)."""
+    if not is_distributed(config):
+        yield
+        return
+    first = torch.distributed.get_rank() == 0
+    if not first:
+        torch.distributed.barrier()
+    try:
+        yield
+    finally:
+        if first:
+            torch.distributed.barrier()
+
+
+def build_trainer(config, model, dataset, candidates=None):
+    """RecBole's trainer for the model, with :class:`ReaSeqTrainerMixin` in front (and, under
+    DDP, :class:`DistributedEvalMixin`; CPU modules are wrapped with ``device_ids=None``)."""
     base = registry.get_trainer(type(model))
-    trainer_class = type(f"ReaSeq{base.__name__}", (ReaSeqTrainerMixin, base), {})
-    trainer = trainer_class(config, model)
+    mixins = (ReaSeqTrainerMixin,)
+    if is_distributed(config):
+        mixins = (DistributedEvalMixin,) + mixins
+    trainer_class = type(f"ReaSeq{base.__name__}", mixins + (base,), {})
+    with compat.cpu_ddp():
+        trainer = trainer_class(config, model)
+    if is_distributed(config):   # RecBole names the checkpoint by each rank's clock: use rank 0's
+        name = [trainer.saved_model_file]
+        torch.distributed.broadcast_object_list(name, src=0)
+        trainer.saved_model_file = name[0]
     if config["eval_protocol"] == "ctr":
-        trainer.ctr_candidates = load_or_build_candidates(config, dataset)
+        trainer.ctr_candidates = (candidates if candidates is not None
+                                  else load_or_build_candidates(config, dataset))
     return trainer
 
 
@@ -68,6 +149,8 @@ def evaluate_protocol(trainer, eval_data, protocol: str, dataset) -> tuple[dict,
     if protocol == "ctr":
         if trainer.ctr_candidates is None:
             trainer.ctr_candidates = load_or_build_candidates(trainer.config, dataset)
+        if is_distributed(trainer.config):
+            eval_data = FullEvalView(eval_data)
         result, per_user = evaluate_ctr(trainer.model, eval_data, trainer.ctr_candidates,
                                         eval_data.reaseq_phase, trainer.config)
         return dict(result), per_user
@@ -92,11 +175,15 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, argv=
     logger.info(sys.argv)
     logger.info(config)
 
-    dataset_obj, train_data, valid_data, test_data = prepare_data(config)
+    candidates = None
+    with rank_zero_first(config):            # artefacts (knowledge, candidates) written once
+        dataset_obj, train_data, valid_data, test_data = prepare_data(config)
+        model_obj = build_model(config, train_data)
+        if config["eval_protocol"] == "ctr":
+            candidates = load_or_build_candidates(config, dataset_obj)
     logger.info(dataset_obj)
-    model_obj = build_model(config, train_data)
     logger.info(model_obj)
-    trainer = build_trainer(config, model_obj, dataset_obj)
+    trainer = build_trainer(config, model_obj, dataset_obj, candidates)
     if resume_file:
         trainer.resume_checkpoint(resume_file)        # also keeps saving into resume_file
         logger.info(f"resumed from {resume_file} at epoch {trainer.start_epoch}")
@@ -105,6 +192,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, argv=
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"])
     fit_seconds = time.perf_counter() - fit_start
+    if is_distributed(config):
+        torch.distributed.barrier()               # rank 0 has written the best checkpoint
     if best_valid_result is None and saved:          # resumed and never improved afterwards
         best_valid_result = trainer.evaluate(valid_data, load_best_model=True)
     test_result = trainer.evaluate(test_data, load_best_model=saved,
@@ -130,7 +219,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, argv=
         "best_valid_score": best_valid_score,
         "valid_result": dict(best_valid_result or {}),
         "test_result": dict(test_result or {}),
-        "train_loss": [float(trainer.train_loss_dict[k]) for k in sorted(trainer.train_loss_dict)],
+        "train_loss": _mean_over_ranks(config, [float(trainer.train_loss_dict[k])
+                                                for k in sorted(trainer.train_loss_dict)]),
         "epochs_trained": len(epochs),
         "epoch_seconds": epochs,
         "fit_seconds": fit_seconds,
@@ -144,6 +234,57 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, argv=
     }
 
 
+def _mean_over_ranks(config, values: list[float]) -> list[float]:
+    """Element-wise mean over the ranks of a distributed run (identity for one process)."""
+    if not is_distributed(config) or not values:
+        return values
+    total = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(total)
+    return (total / torch.distributed.get_world_size()).tolist()
+
+
+def run_distributed(model=None, dataset=None, config_file_list=None, config_dict=None,
+                    argv=None, saved: bool = True, nproc: int = 1, world_size: int = -1,
+                    ip: str = "localhost", port: int | str = 5678, offset: int = 0):
+    """RecBole's distributed mode for any registered model: spawn ``nproc`` ranks on this node.
+
+    ``world_size`` (default ``nproc``) ranks in all, this node's ranks are ``offset`` ..
+    ``offset + nproc - 1``; rank 0's node (``ip``:``port``) hosts the rendezvous. Each process runs
+    :func:`run` with ``local_rank`` and these keys in its config (as RecBole's
+    ``run_recboles``). Returns global rank 0's result (``None`` on the other nodes).
+    """
+    import pickle
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    world_size = nproc if world_size in (None, -1) else int(world_size)
+    config_dict = dict(config_dict or {}, nproc=int(nproc), world_size=world_size, ip=str(ip),
+                       port=str(port), offset=int(offset))
+    # rank 0 pickles its result to a file: a queue would block once the result outgrows the pipe
+    # buffer, because nobody reads it while mp.spawn joins the processes
+    with tempfile.TemporaryDirectory(prefix="reaseq_ddp_") as folder:
+        result_file = os.path.join(folder, "result.pkl")
+        mp.spawn(_distributed_worker, nprocs=int(nproc), join=True,
+                 args=(model, dataset, config_file_list, config_dict, argv, saved, result_file))
+        if not os.path.isfile(result_file):
+            return None
+        with open(result_file, "rb") as f:
+            return pickle.load(f)
+
+
+def _distributed_worker(local_rank, model, dataset, config_file_list, config_dict, argv, saved,
+                        result_file):
+    import pickle
+
+    result = run(model, dataset, config_file_list, dict(config_dict, local_rank=local_rank),
+                 argv, saved)
+    if torch.distributed.get_rank() == 0:
+        with open(result_file, "wb") as f:
+            pickle.dump(result, f, protocol=4)
+    torch.distributed.destroy_process_group()
+
+
 def load_data_and_model(model_file: str, config_dict: dict | None = None):
     """Rebuild config, data and model from a checkpoint written by :func:`run`.
 
@@ -152,6 +293,9 @@ def load_data_and_model(model_file: str, config_dict: dict | None = None):
     """
     checkpoint = torch.load(model_file, map_location="cpu")
     config = checkpoint["config"]
+    if not config["single_spec"]:        # trained with DDP: reload into this single process
+        config["single_spec"], config["local_rank"] = True, 0
+        config["device"] = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for key, value in (config_dict or {}).items():
         config[key] = value
     init_seed(config["seed"], config["reproducibility"])

@@ -19,7 +19,11 @@ every user equally). Users with an empty history count as misses.
 Search: exact by default, via faiss ``IndexFlatIP`` on L2-normalised vectors (``use_faiss=True``)
 or pure numpy (``use_faiss=False``, same results up to exact score ties); ``index="ivf"`` /
 ``"hnsw"`` (or any faiss index-factory string) gives an approximate search for large catalogues,
-and :func:`approx_recall_at_k` measures its recall@K against exact search.
+and :func:`approx_recall_at_k` measures its recall@K against exact search. The same choice is
+configured by :func:`index_options` (config keys ``gsu_index: flat | ivf | hnsw`` and
+``gsu_index_nlist / _nprobe / _hnsw_m / _ef_search``, see ``properties/model/ReaSeqCTR.yaml``),
+shared with the serving GSU :class:`recbole_reaseq.model.layers.KnowledgeIndex`:
+``hr_at_k(emb, histories, targets, **index_options(config))``.
 
 NOTE: the paper does not say whether neighbours of one history item may include other history
 items or the target's duplicates; here every item except the query itself is a candidate.
@@ -38,7 +42,9 @@ import numpy as np
 
 __all__ = [
     "l2_normalize",
+    "INDEX_TYPES",
     "index_spec",
+    "index_options",
     "build_index",
     "exact_topk",
     "index_topk",
@@ -47,6 +53,8 @@ __all__ = [
     "approx_recall_at_k",
 ]
 
+INDEX_TYPES = ("flat", "ivf", "hnsw")
+_INDEX_DEFAULTS = {"nlist": None, "nprobe": 16, "hnsw_m": 32, "ef_search": 128}
 _PAIR_CHUNK = 65536
 _QUERY_CHUNK = 1024
 
@@ -83,6 +91,37 @@ def index_spec(index: str, n_items: int, nlist: int | None = None, hnsw_m: int =
     if key == "hnsw":
         return f"HNSW{hnsw_m},Flat"
     return index  # a raw faiss factory string, e.g. "IVF256,PQ16"
+
+
+def index_options(config: Any, prefix: str = "gsu_index") -> dict[str, Any]:
+    """``build_index`` keyword arguments from a config (RecBole ``Config`` or any mapping).
+
+    Keys: ``<prefix>`` (``flat`` | ``ivf`` | ``hnsw``), ``<prefix>_nlist`` (IVF lists, ``None`` =
+    ``~4 sqrt(N)``), ``<prefix>_nprobe`` (IVF lists probed per query), ``<prefix>_hnsw_m`` (HNSW
+    neighbours per node), ``<prefix>_ef_search`` (HNSW search beam). Missing keys take the
+    defaults (exact ``flat`` search). Bad values raise ``ValueError`` naming the key and the fix.
+    """
+    def get(key, default):
+        try:
+            value = config[key]
+        except (KeyError, TypeError):
+            return default
+        return default if value is None else value
+
+    kind = str(get(prefix, "flat")).lower()
+    if kind not in INDEX_TYPES:
+        raise ValueError(f"{prefix}: unknown index type {get(prefix, 'flat')!r}. Fix: set "
+                         f"{prefix} to one of {', '.join(INDEX_TYPES)} (flat = exact search).")
+    out: dict[str, Any] = {"index": kind}
+    for name, default in _INDEX_DEFAULTS.items():
+        value = get(f"{prefix}_{name}", default)
+        integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+        if value is not None and (not integer or value < 1):
+            raise ValueError(f"{prefix}_{name} must be a positive integer, got {value!r}. Fix: "
+                             f"set {prefix}_{name} to an integer >= 1"
+                             + (" or ~ (automatic)." if name == "nlist" else "."))
+        out[name] = None if value is None else int(value)
+    return out
 
 
 def build_index(emb: Any, index: str = "flat", nlist: int | None = None, hnsw_m: int = 32,

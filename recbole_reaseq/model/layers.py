@@ -239,20 +239,61 @@ def project_kv_dedup(attn: CrossAttention, embed: Callable[[torch.Tensor], torch
 
 
 class KnowledgeIndex:
-    """Optional faiss GSU for serving: exact cosine top-K over a large pool of items.
+    """Optional faiss GSU for serving: cosine top-K over a large pool of items.
 
-    ``IndexFlatIP`` over L2-normalised knowledge embeddings [N, D]; ``search`` returns the pool
-    rows (or ``ids[row]`` when ``ids`` are given) of the ``k`` most similar items per query.
+    Inner product over L2-normalised knowledge embeddings [N, D]; ``search`` returns the pool rows
+    (or ``ids[row]`` when ``ids`` are given) of the ``k`` most similar items per query.
+
+    ``index`` (config key ``gsu_index``, see :meth:`from_config`):
+
+    - ``"flat"`` (default): exact search, ``IndexFlatIP``;
+    - ``"ivf"``: ``IndexIVFFlat`` with ``nlist`` k-means lists (default ``~4 sqrt(N)``), searching
+      the ``nprobe`` nearest lists (``nprobe = nlist`` is exhaustive, hence exact);
+    - ``"hnsw"``: ``IndexHNSWFlat`` with ``hnsw_m`` neighbours per node, search beam ``ef_search``.
+
+    Approximate indexes may miss true neighbours (recall < 1, measured in
+    ``benchmarks/results/ann_index.md``); a query with fewer than ``k`` results gets ``-1`` rows.
+    The index construction is shared with :func:`recbole_reaseq.knowledge.evaluate.build_index`.
     """
 
-    def __init__(self, emb, ids=None):
+    def __init__(self, emb, ids=None, index: str = "flat", nlist: Optional[int] = None,
+                 nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 128):
         import faiss
 
+        from recbole_reaseq.knowledge.evaluate import build_index, index_options
+
+        opts = index_options({"gsu_index": index, "gsu_index_nlist": nlist,
+                              "gsu_index_nprobe": nprobe, "gsu_index_hnsw_m": hnsw_m,
+                              "gsu_index_ef_search": ef_search})      # validates every value
         x = np.ascontiguousarray(np.asarray(emb, dtype=np.float32))   # [N, D]
         norms = np.linalg.norm(x, axis=1, keepdims=True)
-        self.index = faiss.IndexFlatIP(x.shape[1])
-        self.index.add(x / np.maximum(norms, 1e-12))
+        x = np.ascontiguousarray(x / np.maximum(norms, 1e-12))
+        self.kind = opts.pop("index")
+        if self.kind == "flat":
+            self.index = faiss.IndexFlatIP(x.shape[1])
+            self.index.add(x)
+        else:
+            self.index = build_index(x, self.kind, normalize=False, **opts)
         self.ids = None if ids is None else torch.as_tensor(np.asarray(ids), dtype=torch.long)
+
+    @classmethod
+    def from_config(cls, config, emb, ids=None) -> "KnowledgeIndex":
+        """Index chosen by ``gsu_index`` and ``gsu_index_{nlist,nprobe,hnsw_m,ef_search}``."""
+        from recbole_reaseq.knowledge.evaluate import index_options
+
+        opts = index_options(config)
+        return cls(emb, ids=ids, **opts)
+
+    def set_search_params(self, nprobe: Optional[int] = None,
+                          ef_search: Optional[int] = None) -> None:
+        """Change the IVF ``nprobe`` / HNSW ``ef_search`` of a built index (speed vs recall)."""
+        import faiss
+
+        index = faiss.downcast_index(self.index)
+        if nprobe is not None and hasattr(index, "nprobe"):
+            index.nprobe = int(nprobe)
+        if ef_search is not None and hasattr(index, "hnsw"):
+            index.hnsw.efSearch = int(ef_search)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
