@@ -12,3 +12,30 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def interleaved_training_steps(variants: list, steps: int, warmup: int = 0) -> None:
+    """Time ``steps`` training steps (forward + backward + optimiser) of every variant, batch by
+    batch in turn, so machine load hits all alike. Each variant is a dict with ``model``, ``opt``
+    and ``train`` (a RecBole train loader); adds ``seconds``, ``batches`` and the history
+    ``cells`` / ``real`` (non-padding) counts of the timed batches. ``warmup`` steps run first,
+    untimed."""
+    import time
+
+    iters = [iter(v["train"]) for v in variants]
+    for v in variants:
+        v.update(seconds=0.0, batches=0, cells=0, real=0)
+    for step in range(warmup + steps):
+        for v, it in zip(variants, iters):
+            batch = next(it)
+            start = time.perf_counter()
+            loss = v["model"].calculate_loss(batch)
+            v["opt"].zero_grad()
+            loss.backward()
+            v["opt"].step()
+            if step >= warmup:
+                v["seconds"] += time.perf_counter() - start
+                seq = batch["item_id_list"]
+                v["cells"] += seq.numel()
+                v["real"] += int((seq > 0).sum())
+                v["batches"] += 1

@@ -103,7 +103,7 @@ def main(argv=None):
                 note = "(later)" if ids[j] in later else ("(in history)" if ids[j] in mine else "")
                 lines.append(f"| {r} | {short(name.get(ids[j], ids[j]))} | {sims[j]:.3f} | {note} |")
             own = [float(emb[row[t]] @ vec) for t in (items[g], items[g + 1]) if t in row]
-            lines += ["", f"cosine to the items around it: " + ", ".join(f"{c:.3f}" for c in own),
+            lines += ["", "cosine to the items around it: " + ", ".join(f"{c:.3f}" for c in own),
                       ""]
         if len(plotted) < 2:
             plotted.append((z["users"][u], items, gaps, fills))

@@ -10,12 +10,11 @@ import argparse
 import csv
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import cpu_model  # noqa: E402
+from benchmarks.common import cpu_model, interleaved_training_steps  # noqa: E402
 from recbole_reaseq.quick_start import build_model, make_config, prepare_data  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,22 +38,8 @@ def main():
             model = build_model(cfg, train)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
             variants.append({"max_len": max_len, "trim": trim, "cfg": cfg, "train": train,
-                             "model": model, "opt": opt, "seconds": 0.0, "cells": 0, "real": 0,
-                             "batches": 0, "n_batches_epoch": len(train)})
-    iters = [iter(v["train"]) for v in variants]
-    for _ in range(args.batches):          # interleave variants batch by batch
-        for v, it in zip(variants, iters):
-            batch = next(it)
-            start = time.perf_counter()
-            loss = v["model"].calculate_loss(batch)
-            v["opt"].zero_grad()
-            loss.backward()
-            v["opt"].step()
-            v["seconds"] += time.perf_counter() - start
-            seq = batch["item_id_list"]
-            v["cells"] += seq.numel()
-            v["real"] += int((seq > 0).sum())
-            v["batches"] += 1
+                             "model": model, "opt": opt, "n_batches_epoch": len(train)})
+    interleaved_training_steps(variants, args.batches)
 
     base = variants[0]["seconds"] / variants[0]["batches"]
     rows = []

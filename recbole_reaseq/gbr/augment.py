@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from recbole_reaseq.data.datasets import file_sha256
 
 from .reasoner import build_sequence, collate, fill_predictions
-from .train import (Prepared, _atomic_write_bytes, _fingerprint, _run_key, config_from_recbole,
+from .train import (Prepared, _atomic_write_bytes, _fingerprint, config_from_recbole,
                     data_fingerprint, load_reasoner, prepare, read_json, train, variant_name,
                     variant_root, write_json)
 
@@ -221,7 +221,8 @@ def augment(prep: Prepared, force: bool = False) -> Dict[str, Any]:
 _CACHE: Dict[Tuple[str, str], Augmentation] = {}
 
 
-def _get(config, key, default=None):
+def config_get(config, key, default=None):
+    """``config[key]`` (a RecBole Config or a dict), ``default`` when missing or None."""
     try:
         value = config[key]
     except (KeyError, TypeError):
@@ -234,24 +235,24 @@ def load_augmentation(config) -> Augmentation:
     ``gbr_rule`` / ``gbr_loss`` / ``gbr_weighting`` -> variant), checked against the current data
     files and ``knowledge_field``. Missing or stale: rebuilt (reasoner training is resumable) when
     ``gbr_build_missing`` is true, else :class:`StaleAugmentationError` with the command to run."""
-    dataset = _get(config, "dataset")
-    rule, loss = _get(config, "gbr_rule", "C"), _get(config, "gbr_loss", "softmax")
-    weighting = _get(config, "gbr_weighting", "mean")
+    dataset = config_get(config, "dataset")
+    rule, loss = config_get(config, "gbr_rule", "C"), config_get(config, "gbr_loss", "softmax")
+    weighting = config_get(config, "gbr_weighting", "mean")
     variant = variant_name(rule, loss, weighting)
-    artifact_dir = _get(config, "reaseq_artifact_dir", "artifacts")
+    artifact_dir = config_get(config, "reaseq_artifact_dir", "artifacts")
     npz, mpath = augmentation_paths(dataset, variant, artifact_dir)
     manifest = read_json(mpath)
     problems = _fresh(npz, manifest, None)
     if not problems:
-        current = data_fingerprint(dataset, _get(config, "data_path"))
+        current = data_fingerprint(dataset, config_get(config, "data_path"))
         if manifest["key"]["data"] != current:
             problems.append("the data files changed since it was built")
-        field = _get(config, "knowledge_field", "knowledge_emb")
+        field = config_get(config, "knowledge_field", "knowledge_emb")
         if manifest.get("knowledge_field") != field:
             problems.append(f"it was built on {manifest.get('knowledge_field')}, the config "
                             f"asks for knowledge_field={field}")
     if problems:
-        if _get(config, "gbr_build_missing", False):
+        if config_get(config, "gbr_build_missing", False):
             logger.warning("GBR augmentation %s: %s; building it (gbr_build_missing)", npz,
                            "; ".join(problems))
             prep = prepare(config_from_recbole(config))

@@ -67,7 +67,7 @@ from recbole_reaseq.data.datasets import file_sha256
 from .labels import GBRInputs, build_gbr_inputs
 from .locate import RULES, SequenceData, load_sequences
 from .metrics import ib_metrics
-from .reasoner import (LOSS_VARIANTS, BehaviorReasoner, GBRBatch, ReasonerConfig, apply_mask,
+from .reasoner import (LOSS_VARIANTS, BehaviorReasoner, ReasonerConfig, apply_mask,
                        build_sequence, collate, gbr_loss, make_optimizer, sample_mask,
                        training_step)
 

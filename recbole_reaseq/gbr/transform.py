@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from recbole.data.interaction import Interaction
 
-from .augment import load_augmentation
+from .augment import config_get, load_augmentation
 
 __all__ = ["GBRAugment", "MODES", "FIELDS"]
 
@@ -61,14 +61,6 @@ logger = logging.getLogger(__name__)
 MODES = ("insert", "append")
 FIELDS = ("gbr_items", "gbr_fill_index", "gbr_is_fill", "gbr_length")
 DEFAULT_FILL_SLOTS = 10
-
-
-def _get(config, key, default=None):
-    try:
-        value = config[key]
-    except (KeyError, TypeError):
-        value = None
-    return default if value is None else value
 
 
 class _User:
@@ -90,11 +82,11 @@ class GBRAugment:
     def __init__(self, config, augmentation=None):
         """``augmentation`` (an :class:`~recbole_reaseq.gbr.augment.Augmentation`) overrides the
         stored one named by the config (tests, notebooks)."""
-        self.mode = _get(config, "gbr_mode", "insert")
+        self.mode = config_get(config, "gbr_mode", "insert")
         if self.mode not in MODES:
             raise ValueError(f"config gbr_mode={self.mode!r} is unknown. Fix: gbr_mode: insert "
                              f"(fills in time order) or append (after the observed history).")
-        self.slots = _get(config, "gbr_fill_slots", DEFAULT_FILL_SLOTS)
+        self.slots = config_get(config, "gbr_fill_slots", DEFAULT_FILL_SLOTS)
         if not isinstance(self.slots, int) or self.slots < 0:
             raise ValueError(f"config gbr_fill_slots={self.slots!r} must be an integer >= 0 "
                              f"(extra tokens for fills). Fix: e.g. gbr_fill_slots: 10.")
@@ -104,9 +96,9 @@ class GBRAugment:
         self.iid_field = config["ITEM_ID_FIELD"]
         self.list_field = self.iid_field + config["LIST_SUFFIX"]
         self.len_field = config["ITEM_LIST_LENGTH_FIELD"]
-        self.attach = bool(_get(config, "gbr_attach_vectors", False))
+        self.attach = bool(config_get(config, "gbr_attach_vectors", False))
         self.dataset_name = config["dataset"]
-        self.data_path = _get(config, "data_path")
+        self.data_path = config_get(config, "data_path")
         self.aug = augmentation if augmentation is not None else load_augmentation(config)
         self.table = torch.from_numpy(np.concatenate(
             [np.zeros((1, self.aug.dim), np.float32), self.aug.fills]))   # [G+1, D], row 0 = 0

@@ -36,3 +36,22 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def build_with(config, train, **overrides):
+    """``quick_start.build_model`` with config ``overrides`` (the config is restored afterwards)."""
+    from recbole_reaseq.quick_start import build_model
+
+    saved = {key: config[key] for key in overrides}
+    for key, value in overrides.items():
+        config[key] = value
+    try:
+        return build_model(config, train)
+    finally:
+        for key, value in saved.items():
+            config[key] = value
+
+
+def first_batch(loader):
+    """The first evaluation batch's interaction."""
+    return next(iter(loader))[0]

@@ -9,11 +9,11 @@ from recbole.utils import init_seed
 
 from recbole_reaseq import registry
 from recbole_reaseq.model.plr import PLR, stream_similarity
-from recbole_reaseq.quick_start import (build_model, evaluate_checkpoint, load_data_and_model,
+from recbole_reaseq.quick_start import (evaluate_checkpoint, load_data_and_model,
                                         make_config, prepare_data, run)
 from tests.conftest import tiny_config
 
-from . import single_thread  # noqa: F401  (fixture)
+from . import build_with, first_batch, single_thread  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -21,21 +21,6 @@ def prepared(tiny_root, tmp_path_factory):
     work = str(tmp_path_factory.mktemp("plr"))
     config = make_config("PLR", "tiny", config_dict=tiny_config(tiny_root, work, n_heads=2))
     return (config,) + tuple(prepare_data(config))
-
-
-def _build(config, train, **overrides):
-    saved = {key: config[key] for key in overrides}
-    for key, value in overrides.items():
-        config[key] = value
-    try:
-        return build_model(config, train)
-    finally:
-        for key, value in saved.items():
-            config[key] = value
-
-
-def _test_batch(test):
-    return next(iter(test))[0]
 
 
 def _pairwise_distance(streams):
@@ -57,12 +42,12 @@ def test_zero_depth_is_exactly_sasrec(prepared):
     config, dataset, train, _valid, test = prepared
     init_seed(config["seed"], config["reproducibility"])
     sasrec = registry.get_model("SASRec")(config, dataset)
-    model = _build(config, train, reasoning_steps=0)                      # same seed
+    model = build_with(config, train, reasoning_steps=0)                      # same seed
     ours, theirs = model.state_dict(), sasrec.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     model.load_state_dict(theirs)
-    batch, inter = next(iter(train)), _test_batch(test)
+    batch, inter = next(iter(train)), first_batch(test)
     with torch.no_grad():
         model.eval(), sasrec.eval()
         assert torch.equal(model.full_sort_predict(inter), sasrec.full_sort_predict(inter))
@@ -77,8 +62,8 @@ def test_zero_depth_is_exactly_sasrec(prepared):
 @pytest.mark.parametrize("fast_thinking", [True, False])
 def test_aggregation_weights_sum_to_one(prepared, fast_thinking):
     config, _dataset, train, _valid, test = prepared
-    model = _build(config, train, plr_fast_thinking=fast_thinking).eval()
-    inter = _test_batch(test)
+    model = build_with(config, train, plr_fast_thinking=fast_thinking).eval()
+    inter = first_batch(test)
     with torch.no_grad():
         h0, streams = model.streams(inter["item_id_list"], inter["item_length"])
         user, weights = model.aggregate(h0, streams)
@@ -93,8 +78,8 @@ def test_aggregation_weights_sum_to_one(prepared, fast_thinking):
 
 def test_trigger_tokens_start_distinct_streams_and_pos_emb_only_on_reasoning(prepared):
     config, _dataset, train, _valid, test = prepared
-    model = _build(config, train).eval()
-    inter = _test_batch(test)
+    model = build_with(config, train).eval()
+    inter = first_batch(test)
     seq, length = inter["item_id_list"], inter["item_length"]
     with torch.no_grad():
         h0, streams = model.streams(seq, length)
@@ -116,7 +101,7 @@ def test_regulariser_increases_stream_distance(prepared):
     seq, length = batch["item_id_list"][:16], batch["item_length"][:16]
 
     def distance_after(reg_weight, steps=5, only_regulariser=False):
-        model = _build(config, train, plr_reg_weight=reg_weight)          # same init each time
+        model = build_with(config, train, plr_reg_weight=reg_weight)          # same init each time
         optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
         model.eval()                                        # no dropout: a deterministic probe
         with torch.no_grad():
@@ -142,8 +127,8 @@ def test_regulariser_increases_stream_distance(prepared):
 
 def test_predict_agrees_with_full_sort_predict(prepared):
     config, _dataset, train, _valid, test = prepared
-    model = _build(config, train).eval()
-    inter = _test_batch(test)
+    model = build_with(config, train).eval()
+    inter = first_batch(test)
     with torch.no_grad():
         full = model.full_sort_predict(inter)
         gathered = full.gather(1, inter["item_id"].unsqueeze(1)).squeeze(1)
@@ -158,7 +143,7 @@ def test_predict_agrees_with_full_sort_predict(prepared):
 def test_bad_config_is_refused_with_the_key(prepared, overrides, message):
     config, _dataset, train = prepared[0], prepared[1], prepared[2]
     with pytest.raises(ValueError, match=message):
-        _build(config, train, **overrides)
+        build_with(config, train, **overrides)
 
 
 def test_loss_falls_on_tiny_slice(tiny_root, workdir):
@@ -175,7 +160,7 @@ def test_checkpoint_reloads_to_identical_predictions(tiny_root, workdir):
     assert evaluate_checkpoint(result["checkpoint"]) == result["test_result"]
     _config, model, _dataset, _train, _valid, test = load_data_and_model(result["checkpoint"])
     again = load_data_and_model(result["checkpoint"])[1]
-    inter = _test_batch(test)
+    inter = first_batch(test)
     with torch.no_grad():
         assert torch.equal(model.eval().full_sort_predict(inter),
                            again.eval().full_sort_predict(inter))

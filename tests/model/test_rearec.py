@@ -9,11 +9,11 @@ from recbole.utils import init_seed
 
 from recbole_reaseq import registry
 from recbole_reaseq.model.rearec import ReaRec, pairwise_kl_diversity
-from recbole_reaseq.quick_start import (build_model, evaluate_checkpoint, load_data_and_model,
+from recbole_reaseq.quick_start import (evaluate_checkpoint, load_data_and_model,
                                         make_config, prepare_data, run)
 from tests.conftest import tiny_config
 
-from . import single_thread  # noqa: F401  (fixture)
+from . import build_with, first_batch, single_thread  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -21,21 +21,6 @@ def prepared(tiny_root, tmp_path_factory):
     work = str(tmp_path_factory.mktemp("rearec"))
     config = make_config("ReaRec", "tiny", config_dict=tiny_config(tiny_root, work, n_heads=2))
     return (config,) + tuple(prepare_data(config))
-
-
-def _build(config, train, **overrides):
-    saved = {key: config[key] for key in overrides}
-    for key, value in overrides.items():
-        config[key] = value
-    try:
-        return build_model(config, train)
-    finally:
-        for key, value in saved.items():
-            config[key] = value
-
-
-def _test_batch(test):
-    return next(iter(test))[0]
 
 
 def test_registered_and_defaults(prepared):
@@ -51,14 +36,14 @@ def test_zero_steps_is_exactly_sasrec(prepared, mode):
     config, dataset, train, _valid, test = prepared
     init_seed(config["seed"], config["reproducibility"])
     sasrec = registry.get_model("SASRec")(config, dataset)
-    model = _build(config, train, reasoning_steps=0, rearec_mode=mode)   # same seed
+    model = build_with(config, train, reasoning_steps=0, rearec_mode=mode)   # same seed
     assert model.reason_pos_emb is None
     ours, theirs = model.state_dict(), sasrec.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
     sasrec.load_state_dict(ours)                                          # strict both ways
     model.load_state_dict(theirs)
-    batch, inter = next(iter(train)), _test_batch(test)
+    batch, inter = next(iter(train)), first_batch(test)
     with torch.no_grad():
         model.eval(), sasrec.eval()
         seq, length = inter["item_id_list"], inter["item_length"]
@@ -74,8 +59,8 @@ def test_zero_steps_is_exactly_sasrec(prepared, mode):
 
 def test_cached_reasoning_equals_reencoding_with_appended_tokens(prepared):
     config, _dataset, train, _valid, test = prepared
-    model = _build(config, train, reasoning_steps=3).eval()
-    inter = _test_batch(test)
+    model = build_with(config, train, reasoning_steps=3).eval()
+    inter = first_batch(test)
     seq, length = inter["item_id_list"], inter["item_length"]
     with torch.no_grad():
         steps, _ = model.reason(seq, length)                              # [B, 4, H]
@@ -93,8 +78,8 @@ def test_cached_reasoning_equals_reencoding_with_appended_tokens(prepared):
 
 def test_reasoning_position_embeddings_only_on_reasoning_steps(prepared):
     config, _dataset, train, _valid, test = prepared
-    model = _build(config, train, reasoning_steps=2).eval()
-    inter = _test_batch(test)
+    model = build_with(config, train, reasoning_steps=2).eval()
+    inter = first_batch(test)
     seq, length = inter["item_id_list"], inter["item_length"]
     with torch.no_grad():
         before, _ = model.reason(seq, length)
@@ -111,8 +96,8 @@ def test_reasoning_position_embeddings_only_on_reasoning_steps(prepared):
 @pytest.mark.parametrize("mode", ["ERL", "PRL"])
 def test_predict_agrees_with_full_sort_predict(prepared, mode):
     config, _dataset, train, _valid, test = prepared
-    model = _build(config, train, rearec_mode=mode).eval()
-    inter = _test_batch(test)
+    model = build_with(config, train, rearec_mode=mode).eval()
+    inter = first_batch(test)
     with torch.no_grad():
         full = model.full_sort_predict(inter)                             # [B, n_items]
         gathered = full.gather(1, inter["item_id"].unsqueeze(1)).squeeze(1)
@@ -127,7 +112,7 @@ def test_erl_and_prl_losses(prepared):
     logits = torch.randn(4, 3, 7)
     assert pairwise_kl_diversity(logits) > 0
     assert pairwise_kl_diversity(logits[:, :1].expand(-1, 3, -1)).abs() < 1e-6
-    prl = _build(config, train, rearec_mode="PRL", reasoning_steps=2)
+    prl = build_with(config, train, rearec_mode="PRL", reasoning_steps=2)
     assert torch.allclose(prl.step_temperatures("cpu"), torch.tensor([1.75, 0.35, 0.07]))
     batch = next(iter(train))
     losses = {}
@@ -136,7 +121,7 @@ def test_erl_and_prl_losses(prepared):
         torch.manual_seed(0)
         losses[cl_weight] = prl.calculate_loss(batch)
     assert math.isfinite(losses[1.0].item()) and losses[1.0] > losses[0.0]
-    erl = _build(config, train, rearec_mode="ERL", reasoning_steps=2)
+    erl = build_with(config, train, rearec_mode="ERL", reasoning_steps=2)
     torch.manual_seed(0)
     with_kl = erl.calculate_loss(batch)
     erl.erl_kl_weight = 0.0
@@ -152,7 +137,7 @@ def test_erl_and_prl_losses(prepared):
 def test_bad_config_is_refused_with_the_key(prepared, overrides, message):
     config, _dataset, train = prepared[0], prepared[1], prepared[2]
     with pytest.raises(ValueError, match=message):
-        _build(config, train, **overrides)
+        build_with(config, train, **overrides)
 
 
 @pytest.mark.parametrize("mode", ["ERL", "PRL"])
@@ -172,7 +157,7 @@ def test_checkpoint_reloads_to_identical_predictions(tiny_root, workdir):
     config, model, _dataset, _train, _valid, test = load_data_and_model(result["checkpoint"])
     again = load_data_and_model(result["checkpoint"])[1]
     assert config["rearec_mode"] == "PRL" and model.reason_pos_emb is not None
-    inter = _test_batch(test)
+    inter = first_batch(test)
     with torch.no_grad():
         assert torch.equal(model.eval().full_sort_predict(inter),
                            again.eval().full_sort_predict(inter))
