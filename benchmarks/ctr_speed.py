@@ -1,12 +1,14 @@
 """Training speed of ReaSeqCTR relative to RecBole's DIN on the same data, in one run.
 
-Builds DIN, ReaSeqCTR (defaults: both pathways, SIDs) and ReaSeqCTR with the ``trim_padding``
-transform (dynamic padding: each batch cut to its longest real sequence) on one data set, then
+Builds DIN, ReaSeqCTR (defaults: both pathways, SIDs), ReaSeqCTR with the ``trim_padding``
+transform (dynamic padding: each batch cut to its longest real sequence) and ReaSeqCTR with
+``trim_padding`` on length-bucketed batches (``length_bucketing``: chunks of 50 batches sorted by
+history length, so that trimming has something to cut) on one data set, then
 times the same number of training steps (forward + backward + Adam) of each, interleaved batch
 by batch in ONE process so that machine load hits every variant alike. Each variant draws its
 batches from its own RecBole train loader (same config and seed, so the same shuffle). Reports
 seconds per batch, the estimated training epoch (sec/batch x batches per epoch), the ratio to
-DIN, and the padding share of the history cells. Writes benchmarks/results/ctr_speed.{md,csv}.
+DIN, and the padding share of the history cells (after trimming). Writes benchmarks/results/ctr_speed.{md,csv}.
 
     python benchmarks/ctr_speed.py [--dataset amazon-beauty] [--batches 30] [--threads 1]
 """
@@ -23,8 +25,9 @@ from recbole_reaseq.quick_start import build_model, make_config, prepare_data  #
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-VARIANTS = (("DIN", "DIN", []), ("ReaSeqCTR", "ReaSeqCTR", []),
-            ("ReaSeqCTR + trim_padding", "ReaSeqCTR", ["trim_padding"]))
+VARIANTS = (("DIN", "DIN", [], None), ("ReaSeqCTR", "ReaSeqCTR", [], None),
+            ("ReaSeqCTR + trim_padding", "ReaSeqCTR", ["trim_padding"], None),
+            ("ReaSeqCTR + trim_padding + length_bucketing 50", "ReaSeqCTR", ["trim_padding"], 50))
 
 
 def main():
@@ -37,9 +40,10 @@ def main():
     torch.set_num_threads(args.threads)
 
     variants = []
-    for label, model_name, transforms in VARIANTS:
+    for label, model_name, transforms, bucketing in VARIANTS:
         cfg = make_config(model_name, args.dataset, config_dict={
             "seed": args.seed, "state": "WARNING", "reaseq_transforms": transforms,
+            "length_bucketing": bucketing,
             "reaseq_artifact_dir": os.path.join(REPO, "artifacts")})
         _ds, train, _v, _t = prepare_data(cfg)
         model = build_model(cfg, train)

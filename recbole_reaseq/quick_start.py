@@ -33,6 +33,7 @@ import time
 from recbole_reaseq import compat
 from recbole_reaseq import registry
 from recbole_reaseq.config import Config
+from recbole_reaseq.data.bucketing import LengthBucketedLoader
 from recbole_reaseq.data.candidates import load_or_build_candidates
 from recbole_reaseq.data.transforms import install_transforms
 from recbole_reaseq.evaluation.ctr import ReaSeqTrainerMixin, evaluate_ctr
@@ -43,12 +44,16 @@ from recbole.utils import init_logger, init_seed  # noqa: E402
 
 
 def prepare_data(config, dataset=None):
-    """RecBole's dataset + loaders, with our transforms installed and eval loaders tagged."""
+    """RecBole's dataset + loaders, with our transforms installed, eval loaders tagged and, with
+    ``length_bucketing``, the train loader wrapped in :class:`LengthBucketedLoader`."""
     if dataset is None:
         dataset = create_dataset(config)
     train_data, valid_data, test_data = data_preparation(config, dataset)
     valid_data.reaseq_phase, test_data.reaseq_phase = "valid", "test"
     install_transforms(config, [train_data, valid_data, test_data])
+    if config["length_bucketing"]:
+        train_data = LengthBucketedLoader(train_data, config["length_bucketing"], config["seed"],
+                                          config["ITEM_LIST_LENGTH_FIELD"])
     return dataset, train_data, valid_data, test_data
 
 
