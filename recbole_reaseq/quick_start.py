@@ -188,6 +188,8 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, argv=
             candidates = load_or_build_candidates(config, dataset_obj)
     logger.info(dataset_obj)
     logger.info(model_obj)
+    # RecBole's ensure_dir is not atomic: under DDP two ranks creating it can collide
+    os.makedirs(config["checkpoint_dir"], exist_ok=True)
     trainer = build_trainer(config, model_obj, dataset_obj, candidates)
     if resume_file:
         trainer.resume_checkpoint(resume_file)        # also keeps saving into resume_file

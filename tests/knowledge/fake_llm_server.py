@@ -83,17 +83,30 @@ class _Handler(BaseHTTPRequestHandler):
             fake.in_flight += 1
             fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
             behaviour = fake.script.pop(0) if fake.script else None
+        counted = [True]
+
+        def done() -> None:
+            # a request stops counting as in flight BEFORE its response is written: the client
+            # can only start another one after reading this response, so the count never
+            # exceeds the client's real concurrency (decrementing after the write raced)
+            if counted[0]:
+                counted[0] = False
+                with fake.lock:
+                    fake.in_flight -= 1
+
         try:
             if behaviour is None:
                 behaviour = fake.responder(body) if fake.responder else http_error(
                     599, body="fake server: script exhausted")
             if behaviour.kind == "hang":
                 fake.stopping.wait(behaviour.delay)
+                done()
                 self._send(200, {"error": "too late"}, {})
                 return
             if behaviour.delay:
                 fake.stopping.wait(behaviour.delay)
             if behaviour.kind == "error":
+                done()
                 self._send(behaviour.status, behaviour.body, behaviour.headers)
                 return
             with fake.lock:
@@ -105,12 +118,12 @@ class _Handler(BaseHTTPRequestHandler):
                                      "message": {"role": "assistant",
                                                  "content": behaviour.content}}],
                         "usage": behaviour.usage}
+            done()
             self._send(200, envelope, {})
         except (BrokenPipeError, ConnectionResetError):  # client gave up (timeout)
             pass
         finally:
-            with fake.lock:
-                fake.in_flight -= 1
+            done()
 
     def _send(self, status: int, payload: Any, headers: Dict[str, str]) -> None:
         data = (payload if isinstance(payload, str) else json.dumps(payload)).encode("utf-8")
