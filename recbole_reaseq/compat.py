@@ -36,6 +36,11 @@ Symptoms and fixes (RecBole 1.2.1):
    when CUDA is usable, else gloo) and, without CUDA, skips the GPU-count check and
    ``set_device`` and puts the rank on the CPU; :func:`cpu_ddp` (used by
    :func:`recbole_reaseq.quick_start.build_trainer`) drops ``device_ids`` for CPU modules.
+7. ``recbole.utils.ensure_dir`` checks ``os.path.exists`` and then calls ``os.makedirs``: under DDP
+   two ranks building their trainer (``checkpoint_dir``), logger or dataset at once can both see
+   the folder missing, and the slower one dies with ``FileExistsError``. Fix:
+   :func:`atomic_ensure_dir` replaces it, in RecBole's modules that import it by name, with
+   ``os.makedirs(path, exist_ok=True)``.
 """
 from __future__ import annotations
 
@@ -79,6 +84,23 @@ def check_versions() -> None:
 
 
 check_versions()
+
+
+def _ensure_dir(dir_path: str) -> None:
+    os.makedirs(dir_path, exist_ok=True)
+
+
+_ENSURE_DIR_USERS = ("recbole.utils", "recbole.utils.utils", "recbole.utils.logger",
+                     "recbole.data.utils", "recbole.data.dataset.dataset",
+                     "recbole.trainer.trainer")
+
+
+def atomic_ensure_dir() -> None:
+    """Make RecBole's ``ensure_dir`` race-free wherever RecBole looks it up (see 7. above)."""
+    for name in _ENSURE_DIR_USERS:
+        module = import_recbole_module(name)
+        if getattr(module, "ensure_dir", None) is not None:
+            module.ensure_dir = _ensure_dir
 
 
 def import_recbole_module(path: str):
@@ -202,3 +224,6 @@ def cpu_ddp():
         yield
     finally:
         recbole_trainer.DistributedDataParallel = ddp
+
+
+atomic_ensure_dir()

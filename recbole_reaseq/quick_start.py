@@ -123,6 +123,8 @@ def build_trainer(config, model, dataset, candidates=None):
     if is_distributed(config):
         mixins = (DistributedEvalMixin,) + mixins
     trainer_class = type(f"ReaSeq{base.__name__}", mixins + (base,), {})
+    # RecBole's ensure_dir is not atomic: under DDP two ranks creating it can collide
+    os.makedirs(config["checkpoint_dir"], exist_ok=True)
     with compat.cpu_ddp():
         trainer = trainer_class(config, model)
     if is_distributed(config):   # RecBole names the checkpoint by each rank's clock: use rank 0's
@@ -188,8 +190,6 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, argv=
             candidates = load_or_build_candidates(config, dataset_obj)
     logger.info(dataset_obj)
     logger.info(model_obj)
-    # RecBole's ensure_dir is not atomic: under DDP two ranks creating it can collide
-    os.makedirs(config["checkpoint_dir"], exist_ok=True)
     trainer = build_trainer(config, model_obj, dataset_obj, candidates)
     if resume_file:
         trainer.resume_checkpoint(resume_file)        # also keeps saving into resume_file

@@ -110,3 +110,20 @@ def test_ctr_protocol_early_stops_on_ctr_valid_metric(tiny_root, workdir):
 def test_default_protocol_per_model(model, protocol, tiny_root, workdir):
     cfg = tiny_config(tiny_root, workdir)
     assert Config(model, "tiny", config_dict=cfg)["eval_protocol"] == protocol
+
+
+def test_recbole_ensure_dir_survives_a_concurrent_mkdir(tmp_path, monkeypatch):
+    """Two DDP ranks: both see the folder missing, the other rank creates it first (compat 7)."""
+    import os
+
+    import recbole.trainer.trainer as recbole_trainer
+    import recbole.utils.logger as recbole_logger
+
+    target = tmp_path / "saved"
+    target.mkdir()                                  # the other rank won the race
+    monkeypatch.setattr(os.path, "exists", lambda path: False)
+    for ensure_dir in (recbole_trainer.ensure_dir, recbole_logger.ensure_dir):
+        ensure_dir(str(target))                     # RecBole's own raises FileExistsError here
+    monkeypatch.undo()
+    ensure_dir(str(tmp_path / "new" / "nested"))
+    assert (tmp_path / "new" / "nested").is_dir()
