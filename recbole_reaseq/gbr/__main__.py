@@ -56,6 +56,9 @@ def make_parser() -> argparse.ArgumentParser:
                    default=d.time_percentile, help="TD threshold percentile of positive gaps")
     g.add_argument("--category-level", dest="category_level", type=int, default=None)
     g.add_argument("--knowledge-field", dest="knowledge_field", default=d.knowledge_field)
+    g.add_argument("--center-repr", dest="center_repr", action="store_true",
+                   help="centre the item representations (remove the catalogue's mean "
+                        "direction; GBRDIN must then set center_repr: True too)")
     g = p.add_argument_group("reasoner and training")
     g.add_argument("--loss", default=d.loss, help=f"one of {', '.join(LOSS_VARIANTS)}")
     g.add_argument("--weighting", default=d.weighting, help="mean or inv_t (LLaDA's 1/t)")
@@ -131,7 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             dataset=args.dataset, data_path=args.data_path, artifact_dir=args.artifact_dir,
             rule=args.rule, eta=args.eta, kappa=args.kappa, time_percentile=args.time_percentile,
             category_level=args.category_level, knowledge_field=args.knowledge_field,
-            loss=args.loss, weighting=args.weighting, epochs=args.epochs,
+            center_repr=args.center_repr, loss=args.loss, weighting=args.weighting, epochs=args.epochs,
             schedule_epochs=args.schedule_epochs, batch_size=args.batch_size, lr=args.lr,
             seed=args.seed, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
             max_len=args.max_len, eval_batch_size=args.eval_batch_size, context=args.context,

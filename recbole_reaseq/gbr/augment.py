@@ -201,7 +201,8 @@ def augment(prep: Prepared, force: bool = False) -> Dict[str, Any]:
     manifest = {
         "key": key, "fingerprint": _fingerprint(key), "npz_sha256": file_sha256(str(npz)),
         "variant": cfg.variant, "dataset": cfg.dataset, "context": cfg.context,
-        "knowledge_field": cfg.knowledge_field, "rule": cfg.rule, "loss": cfg.loss,
+        "knowledge_field": cfg.knowledge_field, "center_repr": cfg.center_repr,
+        "rule": cfg.rule, "loss": cfg.loss,
         "weighting": cfg.weighting, "users": int(len(examples)), "items": int(len(items)),
         "gaps": int(len(gap_pos)), "dim": int(fills.shape[1]),
         "fill_ratio": len(gap_pos) / max(n_tok, 1),
@@ -232,13 +233,14 @@ def config_get(config, key, default=None):
 
 def load_augmentation(config) -> Augmentation:
     """The stored augmentation named by a RecBole config (``dataset``, ``reaseq_artifact_dir``,
-    ``gbr_rule`` / ``gbr_loss`` / ``gbr_weighting`` -> variant), checked against the current data
+    ``gbr_rule`` / ``gbr_loss`` / ``gbr_weighting`` / ``center_repr`` -> variant), checked against the current data
     files and ``knowledge_field``. Missing or stale: rebuilt (reasoner training is resumable) when
     ``gbr_build_missing`` is true, else :class:`StaleAugmentationError` with the command to run."""
     dataset = config_get(config, "dataset")
     rule, loss = config_get(config, "gbr_rule", "C"), config_get(config, "gbr_loss", "softmax")
     weighting = config_get(config, "gbr_weighting", "mean")
-    variant = variant_name(rule, loss, weighting)
+    center = bool(config_get(config, "center_repr", False))
+    variant = variant_name(rule, loss, weighting, center)
     artifact_dir = config_get(config, "reaseq_artifact_dir", "artifacts")
     npz, mpath = augmentation_paths(dataset, variant, artifact_dir)
     manifest = read_json(mpath)
@@ -251,6 +253,9 @@ def load_augmentation(config) -> Augmentation:
         if manifest.get("knowledge_field") != field:
             problems.append(f"it was built on {manifest.get('knowledge_field')}, the config "
                             f"asks for knowledge_field={field}")
+        if bool(manifest.get("center_repr", False)) != center:
+            problems.append(f"its center_repr is {manifest.get('center_repr', False)}, the "
+                            f"config's {center}")
     if problems:
         if config_get(config, "gbr_build_missing", False):
             logger.warning("GBR augmentation %s: %s; building it (gbr_build_missing)", npz,
@@ -263,7 +268,8 @@ def load_augmentation(config) -> Augmentation:
             raise StaleAugmentationError(
                 f"GBR augmentation {npz} cannot be used: {'; '.join(problems)}. Fix: python -m "
                 f"recbole_reaseq.gbr all --dataset {dataset} --rule {rule} --loss {loss} "
-                f"--weighting {weighting} --artifact-dir {artifact_dir} (or set "
+                f"--weighting {weighting}{' --center-repr' if center else ''} --artifact-dir "
+                f"{artifact_dir} (or set "
                 f"gbr_build_missing: True).")
     cache_key = (str(npz), manifest["npz_sha256"])
     if cache_key not in _CACHE:

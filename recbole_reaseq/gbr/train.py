@@ -100,6 +100,7 @@ class GBRConfig:
     category_level: Optional[int] = None
     # frozen item representations
     knowledge_field: str = "knowledge_emb"
+    center_repr: bool = False                                   # item_repr.center_rows
     knowledge: Dict[str, Any] = field(default_factory=dict)   # reaseq_knowledge options
     # reasoner (Section 4.2.1)
     d_model: int = 128
@@ -135,7 +136,7 @@ class GBRConfig:
 
     @property
     def variant(self) -> str:
-        return variant_name(self.rule, self.loss, self.weighting)
+        return variant_name(self.rule, self.loss, self.weighting, self.center_repr)
 
     def check(self) -> "GBRConfig":
         """Raise ``ValueError`` naming the field and the fix for any bad setting."""
@@ -184,11 +185,13 @@ class GBRConfig:
         return {k: v for k, v in asdict(self).items() if k not in _NOT_IN_KEY}
 
 
-def variant_name(rule: str, loss: str, weighting: str = "mean") -> str:
-    """Table 5 name: ``GBR-<rule>-<0 softmax | 1 cosine | 2 euclidean>`` (+ ``-invt``)."""
+def variant_name(rule: str, loss: str, weighting: str = "mean", center: bool = False) -> str:
+    """Table 5 name: ``GBR-<rule>-<0 softmax | 1 cosine | 2 euclidean>`` (+ ``-invt``; + ``-ctr``
+    on centred item representations)."""
     if loss not in LOSS_INDEX:
         raise ValueError(f"loss {loss!r}: choose one of {', '.join(LOSS_INDEX)}")
-    return f"GBR-{rule}-{LOSS_INDEX[loss]}" + ("-invt" if weighting == "inv_t" else "")
+    return (f"GBR-{rule}-{LOSS_INDEX[loss]}" + ("-invt" if weighting == "inv_t" else "")
+            + ("-ctr" if center else ""))
 
 
 def variant_root(dataset: str, variant: str, artifact_dir: Optional[str] = None) -> Path:
@@ -262,7 +265,8 @@ def item_representations(cfg: GBRConfig, data: SequenceData) -> Tuple[torch.Tens
     Returns ``(table, encode-manifest fingerprint, items without a row)``.
     """
     from recbole_reaseq.knowledge import pipeline as P
-    from recbole_reaseq.model.item_repr import KNOWLEDGE_FIELDS, _read_rows, preserve_rng
+    from recbole_reaseq.model.item_repr import (KNOWLEDGE_FIELDS, _read_rows, center_rows,
+                                                preserve_rng)
 
     if cfg.knowledge_field not in KNOWLEDGE_FIELDS:
         raise ValueError(f"GBR setting knowledge_field={cfg.knowledge_field!r} is unknown. Fix: "
@@ -276,6 +280,8 @@ def item_representations(cfg: GBRConfig, data: SequenceData) -> Tuple[torch.Tens
             ids, emb = P.title_embeddings(paths)
         else:
             ids, emb = _read_rows(paths, cfg.knowledge_field)
+    if cfg.center_repr:
+        emb = center_rows(emb)
     manifest = P.read_manifest(paths, "encode") or {}
     row = {str(t): j for j, t in enumerate(ids)}
     table = np.zeros((data.n_items, emb.shape[1]), dtype=np.float32)   # [n_items, D]
@@ -289,7 +295,8 @@ def item_representations(cfg: GBRConfig, data: SequenceData) -> Tuple[torch.Tens
     if missing:
         logger.warning("GBR item representations: %d of %d items have no %s row (zeros)",
                        missing, data.n_items - 1, cfg.knowledge_field)
-    fp = _fingerprint({"encode": manifest.get("fingerprint"), "field": cfg.knowledge_field})
+    fp = _fingerprint({"encode": manifest.get("fingerprint"), "field": cfg.knowledge_field,
+                       **({"center": True} if cfg.center_repr else {})})
     return torch.from_numpy(table), fp, missing
 
 
@@ -528,7 +535,8 @@ def train(prep: Prepared) -> Dict[str, Any]:
 
 def config_from_recbole(config) -> GBRConfig:
     """A :class:`GBRConfig` from a RecBole config: ``dataset``, ``data_path``,
-    ``reaseq_artifact_dir``, ``reaseq_knowledge``, ``knowledge_field``, ``gbr_rule``,
+    ``reaseq_artifact_dir``, ``reaseq_knowledge``, ``knowledge_field``, ``center_repr``,
+    ``gbr_rule``,
     ``gbr_loss``, ``gbr_weighting``, ``gbr_context`` and any GBRConfig field in the dict
     ``gbr_options`` (e.g. ``{epochs: 5, batch_size: 256}``)."""
     def get(key, default=None):
@@ -549,6 +557,7 @@ def config_from_recbole(config) -> GBRConfig:
               artifact_dir=get("reaseq_artifact_dir", "artifacts"),
               knowledge=dict(get("reaseq_knowledge", {}) or {}),
               knowledge_field=get("knowledge_field", "knowledge_emb"),
+              center_repr=bool(get("center_repr", False)),
               rule=get("gbr_rule", "C"), loss=get("gbr_loss", "softmax"),
               weighting=get("gbr_weighting", "mean"), context=get("gbr_context", "prefix"),
               progress=False)

@@ -108,3 +108,41 @@ def test_insert_and_append_differ_only_through_positions(prepared):
         with torch.no_grad():
             a, b = model.predict(inter), model.predict(appended)
         assert torch.allclose(a, b, atol=1e-6) == equal
+
+
+def test_center_rows_by_hand():
+    from recbole_reaseq.model.item_repr import center_rows
+
+    # unit rows (0.6, 0.8), (0, 0) padding, (1, 0); mean of the real ones (0.8, 0.4)
+    out = center_rows(torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]]).numpy())
+    s = 1 / math.sqrt(5)                    # (-0.2, 0.4) / |(-0.2, 0.4)| = (-1, 2) / sqrt(5)
+    assert torch.allclose(torch.from_numpy(out),
+                          torch.tensor([[-s, 2 * s], [0.0, 0.0], [s, -2 * s]]), atol=1e-6)
+
+
+def test_centred_gbr_din_reads_the_centred_reasoner(tiny_root, workdir, artifacts):
+    """center_repr: the reasoner and GBRDIN see the same centred table (two implementations), and
+    GBRDIN picks the augmentation of the centred reasoner (variant GBR-C-0-ctr)."""
+    from recbole_reaseq.gbr.augment import StaleAugmentationError
+
+    config_dict = _config(tiny_root, workdir, artifacts, reaseq_transforms=["gbr_augment"],
+                          center_repr=True)
+    config = make_config("GBRDIN", "tiny", config_dict=config_dict)
+    with pytest.raises(StaleAugmentationError, match="GBR-C-0-ctr.*--center-repr"):
+        prepare_data(config)                 # the gbr_augment transform loads the augmentation
+
+    prep = prepare(tiny_gbr(tiny_root, artifacts, epochs=1, center_repr=True))
+    assert prep.cfg.variant == "GBR-C-0-ctr"
+    train(prep)
+    manifest = augment(prep)
+    _, train_data, _, _ = prepare_data(config)
+    model = build_model(config, train_data)
+    tokens = train_data.dataset.field2id_token["item_id"]
+    local = {str(t): i for i, t in enumerate(prep.data.item_tokens)}
+    rows = [local[str(t)] for t in tokens[1:]]
+    assert torch.allclose(model.item_repr[1:], prep.item_repr[rows], atol=1e-6)
+    assert torch.allclose(model.item_repr[1:].norm(dim=-1), torch.ones(len(rows)), atol=1e-5)
+    uncentred = build_model(make_config("GBRDIN", "tiny", config_dict=dict(
+        config_dict, center_repr=False)), train_data)
+    assert not torch.allclose(model.item_repr, uncentred.item_repr, atol=1e-3)
+    assert model.fill_repr.shape[0] == manifest["gaps"] + 1
