@@ -5,9 +5,11 @@
 Writes ``benchmarks/results/<suite>.md`` and ``.csv``: one table per (data set, protocol), with
 the protocol's metrics on the test split, epochs trained, seconds per training epoch, total
 training time and peak memory, and the machine and commit of the runs. If the suite names a
-``baseline`` run, the CTR-track tables get a paired significance table against it
-(:mod:`benchmarks.stats`: per-user test AUC, paired across users and seeds) and the GAUC cells a
-marker: ▲ / ▼ significantly above / below the baseline (Wilcoxon, p < 0.05). With ``--plots``
+``baseline`` run, the tables of the baseline's protocol get a paired significance table against it
+(:mod:`benchmarks.stats`, paired across users and seeds; CTR track: per-user test AUC, marked on
+the GAUC cells; ranking track: per-user test NDCG@10, marked on the NDCG@10 cells): ▲ / ▼
+significantly above / below the baseline (Wilcoxon, p < 0.05). Times of resumed runs include the
+epochs trained before the interruption (``fit_seconds_before_resume``). With ``--plots``
 a PNG per CTR table (test GAUC per model, mean ± std over seeds, overall / cold / hot) is
 written next to the Markdown.
 """
@@ -29,6 +31,8 @@ METRICS = {
     "ranking": ["hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20"],
     "ctr": ["auc", "gauc", "logloss", "hit@10", "ndcg@10", "cold/gauc", "hot/gauc"],
 }
+# per protocol: (per-user metric of the paired test, its label, the table cell that gets ▲/▼)
+PAIRED = {"ctr": ("auc", "AUC", "gauc"), "ranking": ("ndcg@10", "NDCG@10", "ndcg@10")}
 
 
 def mean_std(values: list[float]) -> str:
@@ -74,21 +78,31 @@ def per_user(run: dict, metric: str = "auc"):
         return z[f"{run['protocol']}__user_id"], z[key]
 
 
-def significance(models: dict, baseline: str) -> dict:
-    """{model name: paired_test result} against the baseline (CTR track, per-user AUC)."""
+def significance(models: dict, baseline: str, metric: str = "auc") -> dict:
+    """{model name: paired_test result} against the baseline on a per-user metric (CTR track:
+    AUC; ranking track: NDCG@10)."""
     if baseline not in models:
         return {}
-    base = {r["result"]["seed"]: per_user(r) for r in models[baseline]}
+    base = {r["result"]["seed"]: per_user(r, metric) for r in models[baseline]}
     base = {s: v for s, v in base.items() if v is not None}
     out = {}
     for name, runs in models.items():
         if name == baseline:
             continue
-        mine = {r["result"]["seed"]: per_user(r) for r in runs}
+        mine = {r["result"]["seed"]: per_user(r, metric) for r in runs}
         mine = {s: v for s, v in mine.items() if v is not None}
         if set(mine) & set(base):
             out[name] = paired_test(mine, base)
     return out
+
+
+def fit_seconds(result: dict) -> float:
+    """Training time of a run, including the epochs it inherited when resumed."""
+    return result["fit_seconds"] + result.get("fit_seconds_before_resume", 0.0)
+
+
+def epoch_seconds(result: dict) -> list:
+    return list(result.get("epoch_seconds_before_resume") or []) + list(result["epoch_seconds"])
 
 
 def fmt_p(p: float) -> str:
@@ -101,8 +115,9 @@ def render(suite: dict, table: dict) -> tuple[str, list[dict]]:
     first = None
     for (dataset, protocol), models in sorted(table.items()):
         metrics = METRICS[protocol]
-        baseline = suite.get("baseline") if protocol == "ctr" else None
-        tests = significance(models, baseline) if baseline else {}
+        baseline = suite.get("baseline")
+        paired, label, marked = PAIRED[protocol]
+        tests = significance(models, baseline, paired) if baseline else {}
         lines += [f"## {dataset}: {protocol} track", "",
                   "| model | seeds | " + " | ".join(metrics)
                   + " | epochs | s/epoch | train s | peak MiB |",
@@ -112,11 +127,11 @@ def render(suite: dict, table: dict) -> tuple[str, list[dict]]:
             values = {m: [r["test"][m] for r in runs if m in r["test"]] for m in metrics}
             epochs = [r["result"]["epochs_trained"] + r["result"].get("start_epoch", 0)
                       for r in runs]
-            sec = [statistics.mean(r["result"]["epoch_seconds"]) for r in runs
-                   if r["result"]["epoch_seconds"]]
-            fit = [r["result"]["fit_seconds"] for r in runs]
+            sec = [statistics.mean(epoch_seconds(r["result"])) for r in runs
+                   if epoch_seconds(r["result"])]
+            fit = [fit_seconds(r["result"]) for r in runs]
             mem = [r["result"]["peak_rss_mb"] for r in runs]
-            cells = [mean_std(values[m]) + (marker(tests[name]) if m == "gauc" and name in tests
+            cells = [mean_std(values[m]) + (marker(tests[name]) if m == marked and name in tests
                                             else "") for m in metrics]
             lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells)
                          + f" | {statistics.mean(epochs):.0f} | "
@@ -126,16 +141,17 @@ def render(suite: dict, table: dict) -> tuple[str, list[dict]]:
                 rows.append({"dataset": dataset, "protocol": protocol, "model": name,
                              "seed": r["result"]["seed"], **{m: r["test"].get(m) for m in metrics},
                              "epochs": r["result"]["epochs_trained"] + r["result"].get("start_epoch", 0),
-                             "sec_per_epoch": (statistics.mean(r["result"]["epoch_seconds"])
-                                               if r["result"]["epoch_seconds"] else None),
-                             "fit_seconds": r["result"]["fit_seconds"],
+                             "sec_per_epoch": (statistics.mean(epoch_seconds(r["result"]))
+                                               if epoch_seconds(r["result"]) else None),
+                             "fit_seconds": fit_seconds(r["result"]),
                              "peak_rss_mb": r["result"]["peak_rss_mb"],
                              "git_commit": r["result"]["git_commit"]})
         lines.append("")
         if tests:
-            lines += [f"Paired test against {baseline} (per-user test AUC, differences averaged "
-                      "over the seeds both have; ▲/▼ = Wilcoxon p < 0.05):", "",
-                      "| model | seeds | users | ΔGAUC [95 % CI] | p Wilcoxon | p t | "
+            delta = "ΔGAUC" if protocol == "ctr" else f"Δ{label}"
+            lines += [f"Paired test against {baseline} (per-user test {label}, differences "
+                      "averaged over the seeds both have; ▲/▼ = Wilcoxon p < 0.05):", "",
+                      f"| model | seeds | users | {delta} [95 % CI] | p Wilcoxon | p t | "
                       "p seeds (t) |", "|---|---|---|---|---|---|---|"]
             for name, t in tests.items():
                 lines.append(f"| {name} | {t['seeds']} | {t['n_users']} | "
@@ -144,7 +160,7 @@ def render(suite: dict, table: dict) -> tuple[str, list[dict]]:
                              f"{fmt_p(t['p_seed'])} |")
                 for row in rows:
                     if (row["dataset"], row["protocol"], row["model"]) == (dataset, protocol, name):
-                        row.update({f"vs_{baseline}_gauc_diff": t["mean_diff"],
+                        row.update({f"vs_{baseline}_{marked}_diff": t["mean_diff"],
                                     f"vs_{baseline}_p_wilcoxon": t["p_wilcoxon"]})
             lines.append("")
     if first:

@@ -10,10 +10,18 @@ defaults to the suite's name, and suites that name the same store share runs (Ta
 Table 4 both need DIN: it trains once). A finished run has ``result.json`` and is skipped, but
 only if the stored run's effective config agrees with the suite on every key the suite sets;
 otherwise the runner stops and names the keys. An interrupted run resumes from the checkpoint
-RecBole saved in its folder (the best epoch so far). A run being trained by another runner
+RecBole saved in its folder (the best epoch so far); the time of the epochs trained before the
+interruption is read from ``<run dir>/epochs.jsonl`` (config ``reaseq_epoch_log``) so that the
+report's training time covers the whole run, with no epoch counted twice. A run being trained by another runner
 process (an flock on ``<run dir>/.lock``) is skipped, so two runners can share a store.
 Every model is resolved through recbole_reaseq.registry and trained by recbole_reaseq.quick_start.run:
 there are no per-model scripts.
+
+    python benchmarks/run.py SUITE --rescore
+
+re-evaluates the stored checkpoint of finished runs whose ``per_user_test.npz`` lacks per-user
+metrics of a protocol (ranking runs finished before they were stored), checks that their means
+reproduce the stored test result, and adds them: the report's paired tests need them.
 """
 from __future__ import annotations
 
@@ -123,24 +131,69 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run_single(spec: dict) -> dict:
-    """Train/evaluate one spec in this process; writes result.json (+ per-user npz)."""
+def read_epoch_log(path: str) -> list[dict]:
+    """The lines of a ``reaseq_epoch_log`` file (a line cut by a kill is ignored)."""
+    if not os.path.isfile(path):
+        return []
+    events = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events
+
+
+def before_resume(events: list[dict], start_epoch: int) -> tuple[list[float], float]:
+    """(train seconds per epoch, train + valid seconds) of epochs ``< start_epoch``: the ones a
+    resumed run inherits from its checkpoint. An epoch trained more than once (several
+    interruptions) counts once, with its latest time (the checkpoint descends from it)."""
+    latest = {}
+    for e in events:
+        if 0 <= e["epoch"] < start_epoch:
+            latest[(e["epoch"], e["phase"])] = e["seconds"]
+    train = [latest[(k, "train")] for k in range(start_epoch) if (k, "train") in latest]
+    return train, float(sum(latest.values()))
+
+
+def save_per_user(path: str, per_user: dict) -> None:
+    """Write ``{protocol: {key: array}}`` as ``<protocol>__<key>`` arrays, keeping other arrays
+    already in the file (atomic)."""
     import numpy as np
 
+    arrays = {}
+    if os.path.isfile(path):
+        with np.load(path) as z:
+            arrays = {k: z[k] for k in z.files}
+    arrays.update({f"{proto}__{key}": np.asarray(value) for proto, users in per_user.items()
+                   if users for key, value in users.items()})
+    if arrays:
+        tmp = path + ".tmp.npz"
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, path)
+
+
+def run_single(spec: dict) -> dict:
+    """Train/evaluate one spec in this process; writes result.json (+ per-user npz)."""
     from recbole_reaseq.quick_start import run
 
     os.makedirs(spec["dir"], exist_ok=True)
-    config = dict(spec["config"], checkpoint_dir=spec["dir"])
+    epoch_log = os.path.join(spec["dir"], "epochs.jsonl")
+    config = dict(spec["config"], checkpoint_dir=spec["dir"], reaseq_epoch_log=epoch_log)
     # one candidate set per data set, shared by every run (and by run_recbole.py from the root)
     config.setdefault("reaseq_artifact_dir", os.path.join(REPO, "artifacts"))
     checkpoints = sorted(glob.glob(os.path.join(spec["dir"], "*.pth")), key=os.path.getmtime)
     resume = checkpoints[-1] if checkpoints else None
+    if resume is None and os.path.isfile(epoch_log):
+        os.remove(epoch_log)                       # killed before any checkpoint: starts afresh
+    earlier = read_epoch_log(epoch_log)
     result = run(spec["model"], spec["dataset"], config_dict=config, resume_file=resume)
-    per_user = result.pop("per_user_test") or {}
-    arrays = {f"{proto}__{key}": np.asarray(value) for proto, users in per_user.items()
-              if users for key, value in users.items()}
-    if arrays:
-        np.savez_compressed(os.path.join(spec["dir"], "per_user_test.npz"), **arrays)
+    train_before, fit_before = before_resume(earlier, result["start_epoch"])
+    result.update({"epoch_seconds_before_resume": train_before,
+                   "fit_seconds_before_resume": fit_before})
+    save_per_user(os.path.join(spec["dir"], "per_user_test.npz"),
+                  result.pop("per_user_test") or {})
     final_config = result.pop("config")
     result["config"] = {k: (v if isinstance(v, (int, float, str, bool, list, dict, type(None)))
                             else str(v)) for k, v in final_config.final_config_dict.items()}
@@ -154,17 +207,75 @@ def run_single(spec: dict) -> dict:
     return result
 
 
+def rescore(spec: dict, result: dict) -> list[str]:
+    """Add the per-user test metrics a finished run lacks (protocols missing from its npz),
+    computed from its stored checkpoint; returns the protocols added. The recomputed means must
+    equal the stored test result (to 2e-6), else nothing is written."""
+    import numpy as np
+
+    from recbole_reaseq.quick_start import build_trainer, evaluate_protocol, load_data_and_model
+
+    path = os.path.join(spec["dir"], "per_user_test.npz")
+    have = set()
+    if os.path.isfile(path):
+        with np.load(path) as z:
+            have = set(z.files)
+    stored = {spec["protocol"]: result["test_result"],
+              **{p: r["test"] for p, r in (result.get("other_protocols") or {}).items()}}
+    missing = [p for p in stored if f"{p}__user_id" not in have]
+    if not missing:
+        return []
+    checkpoints = sorted(glob.glob(os.path.join(spec["dir"], "*.pth")), key=os.path.getmtime)
+    if not checkpoints:
+        raise FileNotFoundError(f"{spec['run_id']}: no checkpoint (*.pth) in {spec['dir']} to "
+                                f"rescore. Fix: delete result.json and rerun the run.")
+    cwd = os.getcwd()
+    os.chdir(spec["dir"])                         # RecBole's logger writes ./log
+    try:
+        config, model, dataset, _, _, test_data = load_data_and_model(
+            checkpoints[-1], {"checkpoint_dir": spec["dir"], "reaseq_epoch_log": None})
+        trainer = build_trainer(config, model, dataset)
+        per_user = {}
+        for protocol in missing:
+            test, users = evaluate_protocol(trainer, test_data, protocol, dataset)
+            off = {k: (test[k], v) for k, v in stored[protocol].items()
+                   if k in test and abs(test[k] - v) > 2e-6}
+            if off or users is None:
+                why = off or "no per-user metrics"
+                raise RuntimeError(f"{spec['run_id']}: the checkpoint {checkpoints[-1]} does not "
+                                   f"reproduce the stored {protocol} test result ({why}); "
+                                   f"nothing written.")
+            per_user[protocol] = users
+    finally:
+        os.chdir(cwd)
+    save_per_user(path, per_user)
+    return missing
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Run a benchmark suite (resumable).")
     parser.add_argument("suite", help="suite YAML file")
     parser.add_argument("--only", nargs="*", help="run names to run (default: all)")
     parser.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list runs and their state")
+    parser.add_argument("--rescore", action="store_true",
+                        help="add missing per-user test metrics of finished runs from their "
+                             "checkpoints")
     parser.add_argument("--single", help=argparse.SUPPRESS)   # internal: one run id
     args = parser.parse_args(argv)
     specs = expand(load_suite(args.suite))
     if args.single:
         run_single(next(s for s in specs if s["run_id"] == args.single))
+        return 0
+    if args.rescore:
+        for spec in specs:
+            result = stored_result(spec)
+            if result is None or (args.only and spec["name"] not in args.only) or (
+                    args.seeds and spec["seed"] not in args.seeds):
+                continue
+            added = rescore(spec, result)
+            print(f"[rescore] {spec['run_id']}: " + (f"added {', '.join(added)}" if added
+                                                     else "complete"), flush=True)
         return 0
     failed = []
     for spec in specs:

@@ -161,8 +161,8 @@ def evaluate_protocol(trainer, eval_data, protocol: str, dataset) -> tuple[dict,
         result, per_user = evaluate_ctr(trainer.model, eval_data, trainer.ctr_candidates,
                                         eval_data.reaseq_phase, trainer.config)
         return dict(result), per_user
-    base = super(ReaSeqTrainerMixin, trainer)               # RecBole's own full-ranking evaluate
-    return dict(base.evaluate(eval_data, load_best_model=False)), None
+    result = trainer.evaluate_ranking(eval_data, load_best_model=False)
+    return dict(result), trainer.last_per_user
 
 
 def run(model=None, dataset=None, config_file_list=None, config_dict=None, argv=None,

@@ -1,7 +1,9 @@
 """The benchmark runner: runs, skips finished runs, resumes an interrupted run, reports."""
+import glob
 import json
 import os
 
+import pytest
 import yaml
 
 from benchmarks import report, run as bench
@@ -117,3 +119,86 @@ def test_store_shared_between_suites_and_config_guard(tiny_root, workdir, tmp_pa
     suite["runs"].append({"model": "DIN", "protocol": "ctr"})
     with pytest.raises(ValueError, match="occur twice"):
         bench.expand(suite)
+
+
+KILLER = '''
+"""Test helper (imported at start-up through PYTHONPATH): SIGKILL this process at the second
+training batch of the epoch after REASEQ_TEST_KILL_EPOCHS epochs appear in the epoch log."""
+import os
+
+if os.environ.get("REASEQ_TEST_KILL_LOG"):
+    import signal
+
+    import recbole_reaseq  # noqa: F401  (compat first)
+    from recbole_reaseq import registry
+
+    _model = registry.get_model(os.environ["REASEQ_TEST_KILL_MODEL"])
+    _loss, _seen = _model.calculate_loss, []
+
+    def _calculate_loss(self, interaction):
+        path = os.environ["REASEQ_TEST_KILL_LOG"]
+        done = 0
+        if os.path.isfile(path):
+            done = sum('"train"' in line for line in open(path))
+        if done >= int(os.environ["REASEQ_TEST_KILL_EPOCHS"]):
+            _seen.append(1)
+            if len(_seen) == 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return _loss(self, interaction)
+
+    _model.calculate_loss = _calculate_loss
+'''
+
+
+def test_kill_mid_epoch_then_rerun_resumes_without_double_counting(tiny_root, workdir, tmp_path,
+                                                                   monkeypatch):
+    """A real kill: the training subprocess gets SIGKILL in the middle of its third epoch. The
+    rerun resumes from RecBole's checkpoint, trains only the missing epochs, and the stored
+    times count every epoch of the final trajectory once; a third run retrains nothing."""
+    cfg = tiny_config(tiny_root, workdir)
+    cfg.pop("checkpoint_dir")
+    store = tmp_path / "store"
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(yaml.safe_dump({
+        "suite": "kill", "store": str(store), "datasets": ["tiny"], "seeds": [1],
+        "config": dict(cfg, epochs=4, stopping_step=10),
+        "runs": [{"model": "DIN", "protocol": "ctr"}]}))
+    spec = bench.expand(bench.load_suite(str(suite_file)))[0]
+    assert spec["dir"].startswith(str(store))
+    log = os.path.join(spec["dir"], "epochs.jsonl")
+    killer = tmp_path / "killer"
+    killer.mkdir()
+    (killer / "sitecustomize.py").write_text(KILLER)
+    monkeypatch.setenv("PYTHONPATH", str(killer))
+    monkeypatch.setenv("REASEQ_TEST_KILL_LOG", log)
+    monkeypatch.setenv("REASEQ_TEST_KILL_EPOCHS", "2")
+    monkeypatch.setenv("REASEQ_TEST_KILL_MODEL", "DIN")
+
+    assert bench.main([str(suite_file)]) == 1                    # the run was killed
+    assert not os.path.exists(os.path.join(spec["dir"], "result.json"))
+    assert glob.glob(os.path.join(spec["dir"], "*.pth"))          # best epoch so far
+    first = bench.read_epoch_log(log)
+    assert [e["epoch"] for e in first if e["phase"] == "train"] == [0, 1]   # died in epoch 2
+
+    monkeypatch.delenv("REASEQ_TEST_KILL_LOG")
+    assert bench.main([str(suite_file)]) == 0
+    result = json.load(open(os.path.join(spec["dir"], "result.json")))
+    start = result["start_epoch"]
+    assert result["resumed_from"].endswith(".pth") and start in (1, 2)
+    assert start + result["epochs_trained"] == 4                  # no epoch trained twice
+    events = bench.read_epoch_log(log)
+    assert [e["epoch"] for e in events[len(first):] if e["phase"] == "train"] == list(
+        range(start, 4))
+    inherited = [e for e in first if e["epoch"] < start]
+    assert result["epoch_seconds_before_resume"] == [
+        e["seconds"] for e in inherited if e["phase"] == "train"]
+    assert result["fit_seconds_before_resume"] == pytest.approx(
+        sum(e["seconds"] for e in inherited))
+    _, rows = report.render({"suite": "kill", "_path": "suite.yaml"}, report.collect([spec]))
+    assert rows[0]["epochs"] == 4
+    assert rows[0]["fit_seconds"] == pytest.approx(
+        result["fit_seconds"] + result["fit_seconds_before_resume"])
+
+    mtime = os.path.getmtime(os.path.join(spec["dir"], "result.json"))
+    assert bench.main([str(suite_file)]) == 0                    # finished: not retrained
+    assert os.path.getmtime(os.path.join(spec["dir"], "result.json")) == mtime

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,6 +41,12 @@ def test_sasrec_ranking_track_and_loss_falls(tiny_root, workdir):
     assert len(losses) == 8 and losses[-1] < 0.8 * losses[0]
     # the synthetic chains are learnable: far better than the 10/40 of a random ranking
     assert result["test_result"]["hit@10"] > 0.5
+    # per-user ranking metrics (paired significance tests): one row per test user, and their
+    # means are RecBole's numbers (rounded to metric_decimal_place)
+    users = result["per_user_test"]["ranking"]
+    assert len(np.unique(users["user_id"])) == len(users["user_id"]) == len(users["ndcg@10"])
+    for key, value in result["test_result"].items():
+        assert users[key].mean() == pytest.approx(value, abs=1e-6), key
 
 
 def test_same_seed_same_metrics(tiny_root, workdir):

@@ -46,18 +46,19 @@ def test_paired_test_needs_a_common_seed():
         stats.paired_test({9: model[1]}, base)
 
 
-def write_run(root, run_id, seed, test, users, auc, fit=100.0):
+def write_run(root, run_id, seed, test, users, auc, fit=100.0, protocol="ctr", metric="auc",
+              **extra):
     folder = os.path.join(root, run_id)
     os.makedirs(folder)
     result = {"seed": seed, "test_result": test, "epochs_trained": 4, "start_epoch": 0,
               "epoch_seconds": [10.0, 12.0], "fit_seconds": fit, "peak_rss_mb": 500.0,
               "git_commit": "abcdef0123456789", "other_protocols": {},
               "machine": {"cores": 2, "cpu": "CPU X", "torch": "2.13.0", "torch_threads": 1,
-                          "python": "3.11.7"}}
+                          "python": "3.11.7"}, **extra}
     with open(os.path.join(folder, "result.json"), "w") as f:
         json.dump(result, f)
-    np.savez(os.path.join(folder, "per_user_test.npz"), ctr__user_id=np.asarray(users),
-             ctr__auc=np.asarray(auc))
+    np.savez(os.path.join(folder, "per_user_test.npz"),
+             **{f"{protocol}__user_id": np.asarray(users), f"{protocol}__{metric}": np.asarray(auc)})
 
 
 EXPECTED = """# fixture
@@ -99,3 +100,51 @@ def test_report_exact_markdown(tmp_path):
     ours = [r for r in rows if r["model"] == "Ours"]
     assert [r["vs_Base_gauc_diff"] for r in ours] == pytest.approx([0.15, 0.15])
     assert [r["seed"] for r in rows] == [1, 2, 1, 2]
+
+
+EXPECTED_RANKING = """# fixture
+
+Ranking track, one run resumed.
+
+## toy: ranking track
+
+| model | seeds | hit@10 | ndcg@10 | mrr@10 | hit@20 | ndcg@20 | epochs | s/epoch | train s | peak MiB |
+|---|---|---|---|---|---|---|---|---|---|---|
+| Base | 2 | 0.6000 | 0.5500 ± 0.0707 | – | – | – | 4 | 11.0 | 100 | 500 |
+| Ours | 2 | – | 0.7000 ± 0.0000 | – | – | – | 5 | 13.5 | 175 | 500 |
+
+Paired test against Base (per-user test NDCG@10, differences averaged over the seeds both have; ▲/▼ = Wilcoxon p < 0.05):
+
+| model | seeds | users | ΔNDCG@10 [95 % CI] | p Wilcoxon | p t | p seeds (t) |
+|---|---|---|---|---|---|---|
+| Ours | 2 | 3 | +0.1500 [-0.0984, +0.3984] | 0.250 | 0.122 | 0.323 |
+
+Machine: 2 cores (CPU X), torch 2.13.0 with 1 threads, Python 3.11.7. Commit `abcdef0123`. Regenerate: `python benchmarks/run.py suites/fixture.yaml && python benchmarks/report.py suites/fixture.yaml`.
+"""
+
+
+def test_report_ranking_track_significance_and_resumed_time(tmp_path):
+    """Ranking track: paired test on per-user NDCG@10; a resumed run (Ours, seed 2: 2 epochs of
+    20 s and 22 s and 50 s of training before the interruption, 4 epochs after) counts them
+    once: 6 epochs, s/epoch mean(20, 22, 10, 12) = 16, train s 150 + 50."""
+    model, base = known_inputs()
+    root = str(tmp_path)
+    kw = dict(protocol="ranking", metric="ndcg@10")
+    write_run(root, "Base__toy__ranking__seed1", 1, {"hit@10": 0.6, "ndcg@10": 0.5}, *base[1],
+              **kw)
+    write_run(root, "Base__toy__ranking__seed2", 2, {"ndcg@10": 0.6}, *base[2], **kw)
+    write_run(root, "Ours__toy__ranking__seed1", 1, {"ndcg@10": 0.7}, *model[1], fit=150.0, **kw)
+    write_run(root, "Ours__toy__ranking__seed2", 2, {"ndcg@10": 0.7}, *model[2], fit=150.0,
+              start_epoch=2, epoch_seconds_before_resume=[20.0, 22.0],
+              fit_seconds_before_resume=50.0, **kw)
+    suite = {"suite": "fixture", "description": "Ranking track, one run resumed.",
+             "baseline": "Base", "_path": "suites/fixture.yaml"}
+    specs = [{"name": name, "dataset": "toy", "protocol": "ranking", "seed": seed,
+              "dir": os.path.join(root, f"{name}__toy__ranking__seed{seed}")}
+             for name in ("Base", "Ours") for seed in (1, 2)]
+    markdown, rows = report.render(suite, report.collect(specs))
+    assert markdown == EXPECTED_RANKING
+    ours = [r for r in rows if r["model"] == "Ours"]
+    assert [r["vs_Base_ndcg@10_diff"] for r in ours] == pytest.approx([0.15, 0.15])
+    assert [(r["epochs"], r["sec_per_epoch"], r["fit_seconds"]) for r in ours] == [
+        (4, 11.0, 150.0), (6, 16.0, 200.0)]

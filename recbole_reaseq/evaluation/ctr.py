@@ -17,6 +17,7 @@ gathered at the candidates (the same numbers for dot-product models, tested, and
 """
 from __future__ import annotations
 
+import json
 import time
 from collections import OrderedDict
 
@@ -29,7 +30,7 @@ from recbole.utils import InputType
 
 from recbole_reaseq.data.candidates import CandidateSet
 from recbole_reaseq.evaluation import metrics as _metrics  # noqa: F401  (registers GAUC_V)
-from recbole_reaseq.evaluation.metrics import per_user_auc, topk_struct
+from recbole_reaseq.evaluation.metrics import per_user_auc, per_user_topk, topk_struct
 
 
 def outputs_probability(model) -> bool:
@@ -132,8 +133,16 @@ def evaluate_ctr(model, eval_data, candidates: CandidateSet, phase: str, config)
     return result, per_user
 
 
+def ranking_users(eval_data) -> np.ndarray:
+    """User ids of a full-sort loader in RecBole's evaluation order (rows of ``rec.topk``)."""
+    if getattr(eval_data, "is_sequential", False):
+        return eval_data._dataset.inter_feat[eval_data.uid_field].numpy()
+    return eval_data.uid_list.numpy()
+
+
 class ReaSeqTrainerMixin:
-    """Adds per-epoch timing and, for ``eval_protocol: ctr``, the CTR-track evaluation.
+    """Adds per-epoch timing, per-user test metrics (``last_per_user``) and, for
+    ``eval_protocol: ctr``, the CTR-track evaluation.
 
     Mixed in front of whatever trainer RecBole picks for the model (see
     :func:`recbole_reaseq.quick_start.build_trainer`); RecBole's ``fit`` loop is used unchanged.
@@ -141,16 +150,62 @@ class ReaSeqTrainerMixin:
 
     ctr_candidates: CandidateSet | None = None
 
+    def _log_epoch(self, epoch: int, phase: str, seconds: float) -> None:
+        path = self.config["reaseq_epoch_log"]
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not path or (distributed and torch.distributed.get_rank() != 0):
+            return
+        with open(path, "a", encoding="utf-8") as f:     # one line per event: survives a kill
+            f.write(json.dumps({"epoch": epoch, "phase": phase, "seconds": seconds}) + "\n")
+
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         start = time.perf_counter()
         loss = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
-        self.epoch_seconds = getattr(self, "epoch_seconds", []) + [time.perf_counter() - start]
+        seconds = time.perf_counter() - start
+        self.epoch_seconds = getattr(self, "epoch_seconds", []) + [seconds]
+        self._epoch_idx = epoch_idx
+        self._log_epoch(epoch_idx, "train", seconds)
         return loss
+
+    def _valid_epoch(self, valid_data, *args, **kwargs):
+        start = time.perf_counter()
+        out = super()._valid_epoch(valid_data, *args, **kwargs)
+        self._log_epoch(getattr(self, "_epoch_idx", -1), "valid", time.perf_counter() - start)
+        return out
+
+    @torch.no_grad()
+    def evaluate_ranking(self, eval_data, load_best_model=True, model_file=None,
+                         show_progress=False):
+        """RecBole's own full-ranking ``evaluate``; also keeps each user's metrics (from the
+        ``rec.topk`` struct it computes them from) in ``last_per_user`` (None under DDP, where
+        each rank only holds its share)."""
+        captured = {}
+        evaluator = self.evaluator
+        recbole_evaluate = evaluator.evaluate
+
+        def capture(struct):
+            if "rec.topk" in struct:
+                captured["topk"] = struct.get("rec.topk").numpy()
+            return recbole_evaluate(struct)
+
+        evaluator.evaluate = capture
+        try:
+            result = super().evaluate(eval_data, load_best_model, model_file, show_progress)
+        finally:
+            del evaluator.evaluate
+        self.last_per_user = None
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if "topk" in captured and not distributed:
+            users = ranking_users(eval_data)
+            if len(users) == len(captured["topk"]):
+                self.last_per_user = {"user_id": users,
+                                      **per_user_topk(captured["topk"], self.config["topk"])}
+        return result
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if self.config["eval_protocol"] != "ctr":
-            return super().evaluate(eval_data, load_best_model, model_file, show_progress)
+            return self.evaluate_ranking(eval_data, load_best_model, model_file, show_progress)
         if not eval_data:
             return None
         if load_best_model:

@@ -19,6 +19,33 @@ from recbole.evaluator.base_metric import AbstractMetric
 from recbole.utils import EvaluatorType
 
 
+def per_user_topk(topk: np.ndarray, ks=(10, 20)) -> dict:
+    """Per-user full-ranking metrics from RecBole's ``rec.topk`` struct.
+
+    ``topk`` is ``[n_users, max_k + 1]``: whether the item at each rank (0-based) is a positive of
+    the user, then the user's number of positives (RecBole's ``Collector``). Returns
+    ``{"hit@k", "recall@k", "mrr@k", "ndcg@k": [n_users] float64}`` for every ``k`` in ``ks``,
+    with RecBole's definitions (``recbole.evaluator.metrics``), so their means are RecBole's
+    metrics.
+    """
+    hits = topk[:, :-1].astype(bool)                                   # [U, max_k]
+    pos_len = topk[:, -1].astype(np.float64)                           # [U]
+    if max(ks) > hits.shape[1]:
+        raise ValueError(f"per_user_topk: k={max(ks)} exceeds the struct's {hits.shape[1]} "
+                         f"ranks. Fix: evaluate with topk >= {max(ks)}.")
+    discount = 1.0 / np.log2(np.arange(2, hits.shape[1] + 2))         # [max_k]
+    first = np.where(hits.any(1), hits.argmax(1), hits.shape[1])       # [U] first hit rank
+    out = {}
+    for k in ks:
+        h = hits[:, :k]                                                # [U, k]
+        ideal = np.cumsum(discount[:k])[np.minimum(pos_len, k).astype(int) - 1]   # [U]
+        out[f"hit@{k}"] = h.any(1).astype(np.float64)
+        out[f"recall@{k}"] = h.sum(1) / pos_len
+        out[f"mrr@{k}"] = np.where(first < k, 1.0 / (first + 1), 0.0)
+        out[f"ndcg@{k}"] = (h * discount[:k]).sum(1) / ideal
+    return out
+
+
 def per_user_auc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray):
     """AUC of each group (ties count 1/2), via ranks. Returns (group ids, auc), groups with both
     classes only."""

@@ -111,3 +111,37 @@ def test_ctr_valid_subset_is_fixed_and_test_uses_everyone(tiny_root, workdir):
     assert sorted(users_a["user_id"].tolist()) == sorted(expected.tolist())
     full, _ = evaluate_ctr(model, test, cands, "test", config)
     assert full["users"] == 60
+
+
+def test_per_user_topk_hand_computed():
+    from recbole_reaseq.evaluation.metrics import per_user_topk
+
+    # ranks 0..3 hit flags, then the number of positives
+    topk = np.array([[0, 1, 0, 0, 1],        # one positive at rank 1
+                     [0, 0, 0, 0, 1],        # missed
+                     [1, 0, 1, 0, 2]])       # two positives, at ranks 0 and 2
+    out = per_user_topk(topk, ks=(2, 4))
+    d = 1 / np.log2([2, 3, 4, 5])
+    np.testing.assert_allclose(out["hit@2"], [1, 0, 1])
+    np.testing.assert_allclose(out["mrr@4"], [0.5, 0, 1])
+    np.testing.assert_allclose(out["recall@2"], [1, 0, 0.5])
+    np.testing.assert_allclose(out["ndcg@2"], [d[1] / d[0], 0, d[0] / (d[0] + d[1])])
+    np.testing.assert_allclose(out["ndcg@4"], [d[1] / d[0], 0, (d[0] + d[2]) / (d[0] + d[1])])
+    with pytest.raises(ValueError, match="topk >= 5"):
+        per_user_topk(topk, ks=(5,))
+
+
+def test_per_user_topk_means_equal_recbole_metrics():
+    from recbole_reaseq.evaluation.metrics import per_user_topk
+
+    rng = np.random.default_rng(0)
+    hits = rng.random((50, 20)) < 0.15
+    pos_len = np.maximum(hits.sum(1), 1) + rng.integers(0, 2, 50)
+    topk = np.concatenate([hits, pos_len[:, None]], 1).astype(np.int64)
+    struct = DataStruct()
+    struct.set("rec.topk", torch.from_numpy(topk))
+    recbole = Evaluator({"metrics": ["Hit", "Recall", "MRR", "NDCG"], "topk": [10, 20],
+                         "metric_decimal_place": 10}).evaluate(struct)
+    mine = per_user_topk(topk, ks=(10, 20))
+    for key, value in recbole.items():
+        assert mine[key].mean() == pytest.approx(value, abs=1e-9), key
