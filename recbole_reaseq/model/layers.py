@@ -307,3 +307,65 @@ class KnowledgeIndex:
         if self.ids is not None:
             rows = torch.where(rows >= 0, self.ids[rows.clamp(min=0)], rows)
         return torch.from_numpy(scores), rows
+
+
+# =====================================================================================  item table
+def knowledge_item_table(id_weight: torch.Tensor, knowledge: torch.Tensor,
+                         proj: nn.Module) -> torch.Tensor:
+    """Item table with knowledge: ``id_weight + proj(knowledge)``.
+
+    id_weight [N, H] (or rows [..., H]), knowledge [N, D] (the same rows), proj ``D -> H``
+    -> [N, H]. Pure: the caller owns the tensors and the projection.
+    """
+    return id_weight + proj(knowledge)
+
+
+class KnowledgeItemEmbedding(nn.Module):
+    """Drop-in for an item ``nn.Embedding``: ``e(i) = E_id[i] + W k(i)``.
+
+    ``id_embedding`` is the (already initialised) ID table ``[N, H]``, kept as it is;
+    ``knowledge`` the frozen ``[N, D]`` table, stored L2-normalised per row as the persistent
+    buffer ``knowledge_emb`` (zero rows, e.g. the padding item 0, stay zero); ``W`` =
+    ``knowledge_proj``, ``Linear(D, H, bias=False)``, zero-initialised (so the module starts as
+    the ID table alone) without drawing from the global random state.
+
+    ``weight`` is the whole combined table ``[N, H]`` (:func:`knowledge_item_table`) and
+    ``forward(ids)`` its rows, so code written for ``nn.Embedding`` (``emb(ids)`` and
+    ``emb.weight``) scores with one and the same table.
+    """
+
+    def __init__(self, id_embedding: nn.Embedding, knowledge: torch.Tensor):
+        super().__init__()
+        n_items, hidden = id_embedding.weight.shape
+        if knowledge.dim() != 2 or knowledge.shape[0] != n_items:
+            raise ValueError(f"knowledge table {tuple(knowledge.shape)} does not have one row "
+                             f"per item of the ID table ({n_items} rows)")
+        self.id_embedding = id_embedding
+        self.register_buffer("knowledge_emb", F.normalize(knowledge.float(), dim=-1))  # [N, D]
+        self.knowledge_proj = nn.utils.skip_init(nn.Linear, knowledge.shape[1], hidden,
+                                                 bias=False,
+                                                 device=id_embedding.weight.device,
+                                                 dtype=id_embedding.weight.dtype)
+        nn.init.zeros_(self.knowledge_proj.weight)
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.id_embedding.num_embeddings
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.id_embedding.embedding_dim
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The combined item table [N, H]."""
+        return knowledge_item_table(self.id_embedding.weight, self.knowledge_emb,
+                                    self.knowledge_proj)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [...] -> [..., H]: the rows ``ids`` of :attr:`weight`."""
+        return knowledge_item_table(self.id_embedding(ids), self.knowledge_emb[ids],
+                                    self.knowledge_proj)
+
+
+__all__ += ["knowledge_item_table", "KnowledgeItemEmbedding"]

@@ -36,6 +36,13 @@ shared target would cause.
 NOTE: reasoning uses the key/value cache of :mod:`recbole_reaseq.model.rearec` (one token per step
 and stream; the items' keys/values are computed once and shared by the S streams).
 NOTE: ``loss_type`` must be ``CE``.
+NOTE: ``knowledge_features: True`` (default ``False``: nothing added) adds the frozen knowledge
+embedding (``knowledge_field``) to every item exactly as in ReaRec (see its module docstring,
+:func:`recbole_reaseq.model.rearec.add_knowledge_features`): ``e(i) = E_id[i] + W k(i)``, ``k``
+the centred unit rows of the knowledge table (``center_repr: False``: unit rows only;
+padding = 0), ``W`` a zero-initialised ``Linear(D, hidden_size, bias=False)``; the one combined
+table feeds the input tokens, the training logits (mixture and streams), ``predict`` and
+``full_sort_predict``.
 """
 from __future__ import annotations
 
@@ -43,8 +50,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from recbole_reaseq.model.rearec import (SASRec, encode_items, non_negative_int, reasoning_step,
-                                         require_ce_loss)
+from recbole_reaseq.model.rearec import (SASRec, add_knowledge_features, encode_items,
+                                         non_negative_int, reasoning_step, require_ce_loss)
 
 
 def stream_similarity(streams: torch.Tensor) -> torch.Tensor:
@@ -100,6 +107,9 @@ class PLR(SASRec):
         for module in (self.trigger_tokens, self.reason_pos_emb, self.mixture):
             if module is not None:
                 module.apply(self._init_weights)
+
+        # knowledge as an item feature (config knowledge_features; off: nothing added)
+        self.knowledge_features = add_knowledge_features(self, config, dataset)
 
     def streams(self, item_seq, item_seq_len):
         """``h_0`` ``[B, H]`` and the S streams' outputs ``[B, S, H]``."""
