@@ -42,7 +42,42 @@ on the target). ``full_sort_predict`` (ranking track) computes the per-user work
 encodings, projected ESU keys/values, compressed anchors) once and scores items in chunks of
 ``full_sort_budget`` floats; it equals ``predict`` on the same pairs (tested).
 NOTE: any history width <= ``MAX_ITEM_LIST_LENGTH`` is accepted (``trim_padding``): masks come from
-``item_length`` and nothing depends on the width.
+``item_length`` and nothing depends on the width (with ``gbr_augment``: up to
+``MAX_ITEM_LIST_LENGTH + gbr_fill_slots``, masks from ``gbr_length``).
+NOTE: ``center_repr: True`` (beyond the paper) centres the frozen knowledge table
+(``item_repr.center_rows``, as GBRDIN's); it changes only the GSU's keys and queries. With
+``gbr_augment`` it must match the reasoner's table: it selects the augmentation of the reasoner
+trained with ``--center-repr`` (variant ``GBR-*-ctr``, checked by ``load_augmentation``).
+
+GBR-ReaSeqCTR (beyond the paper, issue #5): with ``reaseq_transforms: [gbr_augment]``
+(:class:`recbole_reaseq.gbr.transform.GBRAugment`) the model reads the augmented behaviour sequence
+``gbr_items`` / ``gbr_fill_index`` / ``gbr_length`` instead of ``item_id_list`` / ``item_length``,
+and keeps the stored table of filled vectors (:func:`recbole_reaseq.gbr.augment.load_augmentation`)
+as the persistent buffer ``fill_table`` [G+1, D] (row 0 = zeros, other rows L2-normalised).
+
+NOTE: a filled behaviour has no item id, SID or side feature, only a vector in the knowledge space:
+
+* GSU key: the (unit) fill vector instead of the item's knowledge embedding, so the GSU ranks fills
+  and real items together by cosine with the target's knowledge embedding; padding is masked as
+  before and never retrieved (the mask is ``position < gbr_length`` and item or fill; a fill
+  index in a padded slot is ignored);
+* item representation: ``fill_proj`` (``nn.Linear(D, hidden_size)``, trainable, created only when
+  ``gbr_augment`` is on: a plain model has exactly the plain parameters and buffers);
+* the retrieval pathway (ESU keys/values), the compression anchors and the pooled user profile all
+  read the augmented sequence;
+* the context embedding stays the number of OBSERVED behaviours (real items of the augmented
+  sequence, = ``item_length``), not ``gbr_length``: fills are the model's own inference, already
+  seen by both pathways and the profile, and the length table keeps its ``MAX_ITEM_LIST_LENGTH + 1``
+  rows (same parameters as the plain model).
+
+NOTE: GBR-ReaSeqCTR with zero fills equals ReaSeqCTR bit for bit (tested): ``fill_proj`` is created
+after every other module is initialised, under ``preserve_rng`` (the global RNG stream that
+follows, dropout and sampling, is unchanged), and the augmented sequence is cut to the batch's
+``max(item_id_list width, longest gbr_length)`` columns (trailing columns are padding in every
+row), so without fills the model sees exactly RecBole's tensors.
+NOTE: ``full_sort_predict`` works on the augmented sequence (the per-user state holds the fills;
+the fills of a row do not depend on the scored item). ``serve`` and ``score(kv="naive" | "dedup")``
+re-embed retrieved items from their ids, which fills do not have: they refuse augmented histories.
 """
 from __future__ import annotations
 
@@ -56,7 +91,8 @@ from recbole.model.layers import MLPLayers
 from recbole.utils import InputType
 from torch.nn.init import constant_, xavier_normal_
 
-from recbole_reaseq.model.item_repr import load_item_representations, side_feature_columns
+from recbole_reaseq.model.item_repr import (load_item_representations, preserve_rng,
+                                            side_feature_columns)
 from recbole_reaseq.model.layers import (AnchorCompressor, TargetAttention, gather_positions,
                                          dedup_retrieved, masked_topk, project_kv_naive)
 
@@ -97,13 +133,20 @@ class ReaSeqCTR(SequentialRecommender):
                              f"{self.user_profile!r}.")
         self.retrieval = "retrieval" in self.pathways
         self.compression = "compression" in self.pathways
+        self.center_repr = bool(config["center_repr"])
+        transforms = config["reaseq_transforms"] or []
+        self.use_gbr = "gbr_augment" in ([transforms] if isinstance(transforms, str)
+                                         else transforms)
         side_fields = config["side_features"]
 
         # frozen item tables (built on demand by the knowledge pipeline)
         reprs = load_item_representations(config, dataset, knowledge=self.retrieval,
-                                          sid=self.use_sid)
+                                          sid=self.use_sid, center=self.center_repr)
         if self.retrieval:
             self.register_buffer("knowledge_unit", F.normalize(reprs.knowledge_emb, dim=-1))
+        if self.use_gbr:
+            with preserve_rng():            # gbr_build_missing may train the reasoner first
+                self.register_buffer("fill_table", self._load_fills(config, reprs))  # [G+1, D]
         if self.use_sid:
             self.register_buffer("sid_codes", reprs.sid)                    # [n_items, L+1]
         side = side_feature_columns(dataset, side_fields, config["category_levels"],
@@ -153,6 +196,23 @@ class ReaSeqCTR(SequentialRecommender):
 
         # parameters initialization
         self.apply(self._init_weights)
+        if self.use_gbr:
+            # after the others and without moving the global RNG: see the module's NOTE
+            with preserve_rng():
+                self.fill_proj = nn.Linear(self.fill_table.shape[1], h)
+                self._init_weights(self.fill_proj)
+
+    def _load_fills(self, config, reprs) -> torch.Tensor:
+        """The stored GBR fills as a [G+1, D] table of unit rows, row 0 = zeros (not a fill)."""
+        from recbole_reaseq.gbr.augment import load_augmentation
+
+        aug = load_augmentation(config)
+        if reprs.knowledge_emb is not None and aug.dim != reprs.knowledge_emb.shape[1]:
+            raise ValueError(f"GBR augmentation {aug.path} has {aug.dim}-d vectors, the "
+                             f"{reprs.knowledge_field} table {reprs.knowledge_emb.shape[1]}-d. "
+                             f"Fix: rebuild it with the same knowledge_field.")
+        fills = F.normalize(torch.from_numpy(aug.fills).float(), dim=-1)    # [G, D]
+        return torch.cat([fills.new_zeros(1, aug.dim), fills])              # [G+1, D]
 
     @staticmethod
     def _parse_pathways(value) -> tuple:
@@ -192,17 +252,43 @@ class ReaSeqCTR(SequentialRecommender):
         return self.item_proj(torch.cat(parts, dim=-1))                     # [..., H]
 
     # ---------------------------------------------------------------------------------  users
-    def encode_user(self, user, item_seq, item_seq_len, project_history: bool = True) -> dict:
+    def fill_repr(self, fill_index: torch.Tensor) -> torch.Tensor:
+        """Representations [..., H] of the fills ``fill_index`` [...] (rows of ``fill_table``;
+        each distinct row projected once; row 0 gives ``fill_proj``'s bias, masked by callers)."""
+        rows, inverse = torch.unique(fill_index, return_inverse=True)      # [U], [...]
+        return self.fill_proj(self.fill_table[rows])[inverse]               # [..., H]
+
+    def encode_user(self, user, item_seq, item_seq_len, project_history: bool = True,
+                    fill_index=None) -> dict:
         """Target-independent work, done once per user: history representations, the projected
         ESU keys/values (``project_history``; serving projects only the retrieved items), the
-        compressed anchors (projected for stage 2), profile and context."""
+        compressed anchors (projected for stage 2), profile and context.
+
+        ``fill_index`` [B, L] (GBR-augmented histories, see the module): row of ``fill_table`` at
+        a filled behaviour (its ``item_seq`` entry is 0), 0 elsewhere, ignored at padding slots;
+        ``item_seq_len`` then counts items and fills."""
         length = item_seq.shape[1]
         positions = torch.arange(length, device=item_seq.device)
-        mask = (positions.unsqueeze(0) < item_seq_len.unsqueeze(1)) & (item_seq > 0)  # [B, L]
+        within = positions.unsqueeze(0) < item_seq_len.unsqueeze(1)        # [B, L]
+        token = item_seq > 0                                                # [B, L]
+        is_fill = None
+        if fill_index is not None:
+            if not self.use_gbr:
+                raise ValueError("ReaSeqCTR got filled behaviours (fill_index) but has no fill "
+                                 "table. Fix: add gbr_augment to reaseq_transforms.")
+            is_fill = (fill_index > 0) & within                             # [B, L]
+            fill_index = fill_index.masked_fill(~is_fill, 0)                # padding: no fill
+            token = token | is_fill
+        mask = within & token                                               # [B, L]
         seq = self.item_repr(item_seq)                                      # [B, L, H]
-        state = {"mask": mask, "item_seq": item_seq}
+        if is_fill is not None:
+            seq = torch.where(is_fill.unsqueeze(-1), self.fill_repr(fill_index), seq)  # [B, L, H]
+        state = {"mask": mask, "item_seq": item_seq, "has_fills": is_fill is not None}
         if self.retrieval:
-            state["hist_knowledge"] = self.knowledge_unit[item_seq]         # [B, L, D]
+            hist = self.knowledge_unit[item_seq]                            # [B, L, D]
+            if is_fill is not None:
+                hist = torch.where(is_fill.unsqueeze(-1), self.fill_table[fill_index], hist)
+            state["hist_knowledge"] = hist                                  # [B, L, D]
             if project_history:
                 state["esu_kv"] = self.esu.project_kv(seq)                  # 2 x [B, L, H]
         if self.compression:
@@ -214,8 +300,9 @@ class ReaSeqCTR(SequentialRecommender):
         elif self.user_profile == "user_id":
             state["profile"] = self.user_embedding(user)                    # [B, H]
         if self.use_context:
+            observed = item_seq_len if is_fill is None else (mask & ~is_fill).sum(1)  # [B]
             state["context"] = self.length_embedding(
-                item_seq_len.clamp(0, self.max_seq_length))                 # [B, d]
+                observed.clamp(0, self.max_seq_length))                     # [B, d]
         return state
 
     def retrieve(self, state: dict, items: torch.Tensor):
@@ -227,7 +314,8 @@ class ReaSeqCTR(SequentialRecommender):
         return masked_topk(sims, mask, self.top_k)                          # [B, C, K] x 2
 
     def retrieved_items(self, state: dict, idx: torch.Tensor, valid: torch.Tensor):
-        """Item ids [B, C, K] at the retrieved positions (0 = padding at invalid slots)."""
+        """Item ids [B, C, K] at the retrieved positions (0 = padding at invalid slots; also 0 at
+        a retrieved fill of an augmented history, which has no item id)."""
         ids = gather_positions(state["item_seq"].unsqueeze(-1), idx).squeeze(-1)  # [B, C, K]
         return ids.masked_fill(~valid, 0)
 
@@ -244,6 +332,10 @@ class ReaSeqCTR(SequentialRecommender):
         (``TargetAttention.attend_target_unique``)."""
         if kv not in KV_MODES:
             raise ValueError(f"kv must be one of {KV_MODES}, got {kv!r}")
+        if kv != "positions" and self.retrieval and state.get("has_fills"):
+            raise ValueError(f"kv={kv!r} re-embeds the retrieved items from their ids, which GBR's "
+                             f"filled behaviours do not have. Fix: kv='positions' for augmented "
+                             f"histories.")
         if target is None:
             target = self.item_repr(items)                                  # [B, C, H]
         n_cands = items.shape[1]
@@ -274,9 +366,9 @@ class ReaSeqCTR(SequentialRecommender):
         return self.predict_layer(hidden).squeeze(-1)                       # [B, C]
 
     # ---------------------------------------------------------------------------------  RecBole
-    def forward(self, user, item_seq, item_seq_len, items):
-        """Logits [B] of the target ``items`` [B]."""
-        state = self.encode_user(user, item_seq, item_seq_len)
+    def forward(self, user, item_seq, item_seq_len, items, fill_index=None):
+        """Logits [B] of the target ``items`` [B] (``fill_index``: see ``encode_user``)."""
+        state = self.encode_user(user, item_seq, item_seq_len, fill_index=fill_index)
         return self.score(state, items.unsqueeze(1)).squeeze(1)
 
     @torch.no_grad()
@@ -285,14 +377,36 @@ class ReaSeqCTR(SequentialRecommender):
         [C] -> probabilities [C]. ``kv="dedup"`` is the paper's deployment optimisation (the
         retrieved history items of all candidates merged, K/V projected once per unique item);
         ``kv="naive"`` projects every candidate's K retrieved items (see ``score``)."""
+        if self.use_gbr:
+            raise NotImplementedError(
+                "ReaSeqCTR.serve takes plain item histories; this model was built with "
+                "gbr_augment (filled behaviours have no item id to deduplicate). Fix: score "
+                "augmented batches with predict / full_sort_predict, or serve a model built "
+                "without gbr_augment in reaseq_transforms.")
         if user is None:
             user = torch.zeros_like(item_seq_len)
         state = self.encode_user(user, item_seq, item_seq_len, project_history=False)
         return torch.sigmoid(self.score(state, candidates.view(1, -1), kv=kv)).view(-1)
 
+    def _history(self, interaction):
+        """(item ids [B, L], fill rows [B, L] or None, lengths [B]) of the rows' histories: RecBole's
+        ``item_id_list`` / ``item_length``, or with ``gbr_augment`` the augmented sequence cut to
+        ``max(item_id_list width, longest gbr_length)`` columns (see the module's NOTE)."""
+        if not self.use_gbr:
+            return interaction[self.ITEM_SEQ], None, interaction[self.ITEM_SEQ_LEN]
+        if "gbr_items" not in interaction.interaction:
+            raise KeyError("ReaSeqCTR with gbr_augment in reaseq_transforms got a batch without "
+                           "gbr_items. Fix: build the loaders with "
+                           "recbole_reaseq.quick_start.prepare_data (installs the transform).")
+        length = interaction["gbr_length"]                                  # [B]
+        width = max(interaction[self.ITEM_SEQ].shape[1], int(length.max()) if len(length) else 0)
+        return (interaction["gbr_items"][:, :width], interaction["gbr_fill_index"][:, :width],
+                length)                                                     # [B, W'] x 2, [B]
+
     def _inputs(self, interaction):
-        return (interaction[self.USER_ID], interaction[self.ITEM_SEQ],
-                interaction[self.ITEM_SEQ_LEN], interaction[self.POS_ITEM_ID])
+        item_seq, fill_index, item_seq_len = self._history(interaction)
+        return (interaction[self.USER_ID], item_seq, item_seq_len,
+                interaction[self.POS_ITEM_ID], fill_index)
 
     def calculate_loss(self, interaction):
         logits = self.forward(*self._inputs(interaction))
@@ -301,17 +415,20 @@ class ReaSeqCTR(SequentialRecommender):
     def predict(self, interaction):
         """Probabilities [B]; rows are scored in slices of ``_PREDICT_ROWS`` (the GSU gathers a
         [rows, L, D] block of knowledge vectors; the CTR track sends 16 x eval_batch_size rows)."""
-        user, item_seq, item_seq_len, items = self._inputs(interaction)
-        logits = [self.forward(user[i:i + _PREDICT_ROWS], item_seq[i:i + _PREDICT_ROWS],
-                               item_seq_len[i:i + _PREDICT_ROWS], items[i:i + _PREDICT_ROWS])
-                  for i in range(0, len(items), _PREDICT_ROWS)]
+        user, item_seq, item_seq_len, items, fill_index = self._inputs(interaction)
+        logits = []
+        for i in range(0, len(items), _PREDICT_ROWS):
+            rows = slice(i, i + _PREDICT_ROWS)
+            logits.append(self.forward(user[rows], item_seq[rows], item_seq_len[rows], items[rows],
+                                       None if fill_index is None else fill_index[rows]))
         return torch.sigmoid(torch.cat(logits))
 
     def full_sort_predict(self, interaction):
-        """Probabilities [B * n_items] of every item for each row, per-user work done once."""
-        user, item_seq = interaction[self.USER_ID], interaction[self.ITEM_SEQ]
-        item_seq_len = interaction[self.ITEM_SEQ_LEN]
-        state = self.encode_user(user, item_seq, item_seq_len)
+        """Probabilities [B * n_items] of every item for each row, per-user work done once (on the
+        augmented history with ``gbr_augment``)."""
+        user = interaction[self.USER_ID]
+        item_seq, fill_index, item_seq_len = self._history(interaction)
+        state = self.encode_user(user, item_seq, item_seq_len, fill_index=fill_index)
         n_users = item_seq.shape[0]
         all_items = torch.arange(self.n_items, device=item_seq.device)
         all_repr = self.item_repr(all_items)                                # [n_items, H]
