@@ -77,6 +77,8 @@ def main():
     parser.add_argument("--nprobes", default="1,4,16,64")
     parser.add_argument("--hnsw_m", type=int, default=16)
     parser.add_argument("--ef_searches", default="16,64,256")
+    parser.add_argument("--ef_constructions", default="40",
+                        help="HNSW build beams (config gsu_index_ef_construction), one index each")
     parser.add_argument("--singles", type=int, default=100,
                         help="queries also searched one at a time (serving latency)")
     parser.add_argument("--threads", type=int, default=1)
@@ -124,12 +126,14 @@ def main():
                nprobe=nprobe)
     del ivf
 
-    t = time.perf_counter()
-    hnsw = KnowledgeIndex(items, index="hnsw", hnsw_m=args.hnsw_m)
-    build = time.perf_counter() - t
-    for ef in [int(v) for v in args.ef_searches.split(",")]:
-        record("hnsw", f"M={args.hnsw_m}, efSearch={ef}", build, hnsw, exact_rows, exact_s,
-               ef_search=ef)
+    for efc in [int(v) for v in args.ef_constructions.split(",")]:
+        t = time.perf_counter()
+        hnsw = KnowledgeIndex(items, index="hnsw", hnsw_m=args.hnsw_m, ef_construction=efc)
+        build = time.perf_counter() - t
+        for ef in [int(v) for v in args.ef_searches.split(",")]:
+            record("hnsw", f"M={args.hnsw_m}, efConstruction={efc}, efSearch={ef}", build, hnsw,
+                   exact_rows, exact_s, ef_search=ef)
+        del hnsw
     print(f"total {time.perf_counter() - t0:.0f}s", flush=True)
 
 
@@ -147,7 +151,8 @@ def write(args, rows):
         f"--items {args.items} --dim {args.dim} --clusters {args.clusters} --noise {args.noise} "
         f"--queries {args.queries} --singles {args.singles} --nlist {args.nlist} "
         f"--nprobes {args.nprobes} "
-        f"--hnsw_m {args.hnsw_m} --ef_searches {args.ef_searches} --seed {args.seed}`.",
+        f"--hnsw_m {args.hnsw_m} --ef_searches {args.ef_searches} "
+        f"--ef_constructions {args.ef_constructions} --seed {args.seed}`.",
         "",
         f"- catalogue: {args.items:,} items, dimension {args.dim}, Gaussian mixture of "
         f"{args.clusters} clusters (centres ~ N(0, I), Zipf-like sizes, per-dimension noise "

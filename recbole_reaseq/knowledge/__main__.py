@@ -85,6 +85,16 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--sasrec_checkpoint", "--sasrec-checkpoint", dest="sasrec_checkpoint",
                    default=None, help="RecBole SASRec .pth: adds its ID embeddings to the table")
     g.add_argument("--no-faiss", dest="use_faiss", action="store_false")
+    g.add_argument("--index", default="flat", help="neighbour search: flat (exact), ivf or hnsw "
+                   "(approximate, for large catalogues; the GSU's gsu_index options)")
+    g.add_argument("--nlist", type=int, default=None, help="ivf: k-means lists (default ~4 sqrt N)")
+    g.add_argument("--nprobe", type=int, default=16, help="ivf: lists searched per query")
+    g.add_argument("--hnsw-m", "--hnsw_m", dest="hnsw_m", type=int, default=32,
+                   help="hnsw: neighbours per node")
+    g.add_argument("--ef-search", "--ef_search", dest="ef_search", type=int, default=128,
+                   help="hnsw: search beam")
+    g.add_argument("--ef-construction", "--ef_construction", dest="ef_construction", type=int,
+                   default=40, help="hnsw: build beam")
     return p
 
 
@@ -162,6 +172,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    "device": args.device}
     evaluate_kw = {"ks": args.ks, "out_dir": args.out_dir,
                    "sasrec_checkpoint": args.sasrec_checkpoint, "use_faiss": args.use_faiss,
+                   "index": {"index": args.index, "nlist": args.nlist, "nprobe": args.nprobe,
+                             "hnsw_m": args.hnsw_m, "ef_search": args.ef_search,
+                             "ef_construction": args.ef_construction},
                    "batch_size": args.encode_batch_size, "device": args.device}
     steps = [s for s in pipeline.STEPS if s in args.command or "all" in args.command]
     try:

@@ -54,7 +54,8 @@ __all__ = [
 ]
 
 INDEX_TYPES = ("flat", "ivf", "hnsw")
-_INDEX_DEFAULTS = {"nlist": None, "nprobe": 16, "hnsw_m": 32, "ef_search": 128}
+_INDEX_DEFAULTS = {"nlist": None, "nprobe": 16, "hnsw_m": 32, "ef_search": 128,
+                   "ef_construction": 40}
 _PAIR_CHUNK = 65536
 _QUERY_CHUNK = 1024
 
@@ -98,7 +99,8 @@ def index_options(config: Any, prefix: str = "gsu_index") -> dict[str, Any]:
 
     Keys: ``<prefix>`` (``flat`` | ``ivf`` | ``hnsw``), ``<prefix>_nlist`` (IVF lists, ``None`` =
     ``~4 sqrt(N)``), ``<prefix>_nprobe`` (IVF lists probed per query), ``<prefix>_hnsw_m`` (HNSW
-    neighbours per node), ``<prefix>_ef_search`` (HNSW search beam). Missing keys take the
+    neighbours per node), ``<prefix>_ef_search`` (HNSW search beam), ``<prefix>_ef_construction``
+    (HNSW build beam; faiss's default 40). Missing keys take the
     defaults (exact ``flat`` search). Bad values raise ``ValueError`` naming the key and the fix.
     """
     def get(key, default):
@@ -125,16 +127,20 @@ def index_options(config: Any, prefix: str = "gsu_index") -> dict[str, Any]:
 
 
 def build_index(emb: Any, index: str = "flat", nlist: int | None = None, hnsw_m: int = 32,
-                nprobe: int = 16, ef_search: int = 128, normalize: bool = True) -> Any:
+                nprobe: int = 16, ef_search: int = 128, normalize: bool = True,
+                ef_construction: int = 40) -> Any:
     """Inner-product faiss index over (L2-normalised) ``emb [N, D]``: cosine search.
 
-    ``nprobe`` (IVF) and ``ef_search`` (HNSW) are applied when the index has them.
+    ``nprobe`` (IVF) and ``ef_search`` (HNSW) are applied when the index has them;
+    ``ef_construction`` (HNSW) before the vectors are added.
     """
     import faiss
 
     x = l2_normalize(emb) if normalize else np.ascontiguousarray(emb, dtype=np.float32)
     spec = index_spec(index, x.shape[0], nlist, hnsw_m)
     idx = faiss.index_factory(x.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
+    if hasattr(faiss.downcast_index(idx), "hnsw"):
+        faiss.downcast_index(idx).hnsw.efConstruction = int(ef_construction)
     if not idx.is_trained:
         idx.train(x)
     idx.add(x)

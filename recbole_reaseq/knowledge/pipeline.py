@@ -923,14 +923,29 @@ def evaluate(dataset: str, *, ks: Sequence[int] = DEFAULT_KS, data_path: Optiona
              artifact_dir: Optional[str] = None, out_dir: Optional[str] = "benchmarks/results",
              sasrec_checkpoint: Optional[str] = None, use_faiss: bool = True,
              batch_size: int = 64, device: str = "cpu", encoder: Any = None,
-             progress: bool = False) -> Dict[str, Any]:
+             progress: bool = False, index: Optional[Mapping[str, Any]] = None
+             ) -> Dict[str, Any]:
     """Table-1-style HR@k / macro recall of title, demand, attribute and knowledge embeddings.
 
-    Writes ``<out_dir>/representations_<dataset>.{md,csv}`` (``out_dir=None``: no files) and
+    ``index``: the neighbour search, as returned by
+    :func:`recbole_reaseq.knowledge.evaluate.index_options` (``{"index": "flat" | "ivf" |
+    "hnsw", "nlist", "nprobe", "hnsw_m", "ef_search", "ef_construction"}``); ``None`` = exact.
+    Approximate indexes need ``use_faiss``. Writes ``<out_dir>/representations_<dataset>.{md,csv}`` (``out_dir=None``: no files) and
     ``manifest.evaluate.json``; returns the manifest with ``rows`` (one dict per representation).
     """
-    from .evaluate import hr_at_k
+    from .evaluate import hr_at_k, index_options
 
+    opts = index_options({"gsu_index": "flat"} if index is None else
+                         {f"gsu_index_{k}" if k != "index" else "gsu_index": v
+                          for k, v in index.items()})                     # validates
+    if opts["index"] != "flat" and not use_faiss:
+        raise ValueError(f"evaluate: index={opts['index']!r} is a faiss index, but use_faiss is "
+                         f"off. Fix: drop --no-faiss, or use --index flat.")
+    search = {"flat": "faiss IndexFlatIP (exact)" if use_faiss else "exact numpy",
+              "ivf": f"faiss IVF (nlist {opts['nlist'] or 'auto'}, nprobe {opts['nprobe']}; "
+                     f"approximate)",
+              "hnsw": f"faiss HNSW (M {opts['hnsw_m']}, efSearch {opts['ef_search']}, "
+                      f"efConstruction {opts['ef_construction']}; approximate)"}[opts["index"]]
     t0 = time.perf_counter()
     paths = artifact_paths(dataset, artifact_dir)
     inputs = _inputs(dataset, data_path)
@@ -970,7 +985,8 @@ def evaluate(dataset: str, *, ks: Sequence[int] = DEFAULT_KS, data_path: Optiona
     rows = []
     for name, emb in reps.items():
         t = time.perf_counter()
-        metrics = hr_at_k(emb, hist_idx, tgt_idx, ks=ks, use_faiss=use_faiss)
+        metrics = hr_at_k(emb, hist_idx, tgt_idx, ks=ks, use_faiss=use_faiss,
+                          **(opts if opts["index"] != "flat" else {}))
         timings[f"hr_{name}_s"] = time.perf_counter() - t
         rows.append({"representation": labels[name], "backend": sources[name][0],
                      "encoder": sources[name][1], "dim": int(emb.shape[1]),
@@ -991,6 +1007,10 @@ def evaluate(dataset: str, *, ks: Sequence[int] = DEFAULT_KS, data_path: Optiona
             regenerate += f" --data_path {data_path}"
         if sasrec_checkpoint:
             regenerate += f" --sasrec_checkpoint {sasrec_checkpoint}"
+        if opts["index"] != "flat":
+            regenerate += f" --index {opts['index']}" + "".join(
+                f" --{k.replace('_', '-')} {v}" for k, v in opts.items()
+                if k != "index" and v is not None)
         caveat = ("\nThe offline backend is a deterministic, rule-based stand-in for the paper's "
                   "LLM agents (lexicons over titles, category paths, brand and price; "
                   "`recbole_reaseq/knowledge/backends.py`), so these knowledge rows measure that "
@@ -1002,8 +1022,7 @@ def evaluate(dataset: str, *, ks: Sequence[int] = DEFAULT_KS, data_path: Optiona
                 f"whose held-out target is among them, MacroRecall@k = the same averaged per "
                 f"distinct target item. Split: time-ordered leave-one-out (stable sort by "
                 f"timestamp, same-day ties keep file order; last item = target, all earlier = "
-                f"history). Search: {'faiss IndexFlatIP' if use_faiss else 'exact numpy'} on "
-                f"L2-normalised vectors.\n{caveat}\n"
+                f"history). Search: {search} on L2-normalised vectors.\n{caveat}\n"
                 f"- knowledge backend: {backend_name}\n- text encoder: {encoder_name}\n"
                 f"- items: {len(ids)}, users: {len(targets)}\n"
                 f"- versions: recbole_reaseq {versions['recbole_reaseq']}, torch "
@@ -1021,7 +1040,8 @@ def evaluate(dataset: str, *, ks: Sequence[int] = DEFAULT_KS, data_path: Optiona
         written = [str(md), str(csv_path)]
     timings["total_s"] = time.perf_counter() - t0
     key = {"format": FORMAT_VERSION, "step": "evaluate", "dataset": dataset, "inputs": inputs,
-           "encode": encode_m["fingerprint"], "ks": ks, "sasrec_checkpoint": sasrec_checkpoint}
+           "encode": encode_m["fingerprint"], "ks": ks, "sasrec_checkpoint": sasrec_checkpoint,
+           **({"index": opts} if opts["index"] != "flat" else {})}
     result = _finish(paths, "evaluate", key, [], files=_input_files(dataset, data_path),
                      timings=timings, rows=rows, table=table, written=written,
                      counts={"items": len(ids), "users": len(targets),

@@ -249,7 +249,8 @@ class KnowledgeIndex:
     - ``"flat"`` (default): exact search, ``IndexFlatIP``;
     - ``"ivf"``: ``IndexIVFFlat`` with ``nlist`` k-means lists (default ``~4 sqrt(N)``), searching
       the ``nprobe`` nearest lists (``nprobe = nlist`` is exhaustive, hence exact);
-    - ``"hnsw"``: ``IndexHNSWFlat`` with ``hnsw_m`` neighbours per node, search beam ``ef_search``.
+    - ``"hnsw"``: ``IndexHNSWFlat`` with ``hnsw_m`` neighbours per node, search beam ``ef_search``,
+      build beam ``ef_construction``.
 
     Approximate indexes may miss true neighbours (recall < 1, measured in
     ``benchmarks/results/ann_index.md``); a query with fewer than ``k`` results gets ``-1`` rows.
@@ -257,14 +258,16 @@ class KnowledgeIndex:
     """
 
     def __init__(self, emb, ids=None, index: str = "flat", nlist: Optional[int] = None,
-                 nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 128):
+                 nprobe: int = 16, hnsw_m: int = 32, ef_search: int = 128,
+                 ef_construction: int = 40):
         import faiss
 
         from recbole_reaseq.knowledge.evaluate import build_index, index_options
 
         opts = index_options({"gsu_index": index, "gsu_index_nlist": nlist,
                               "gsu_index_nprobe": nprobe, "gsu_index_hnsw_m": hnsw_m,
-                              "gsu_index_ef_search": ef_search})      # validates every value
+                              "gsu_index_ef_search": ef_search,
+                              "gsu_index_ef_construction": ef_construction})  # validates all
         x = np.ascontiguousarray(np.asarray(emb, dtype=np.float32))   # [N, D]
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         x = np.ascontiguousarray(x / np.maximum(norms, 1e-12))
@@ -278,7 +281,8 @@ class KnowledgeIndex:
 
     @classmethod
     def from_config(cls, config, emb, ids=None) -> "KnowledgeIndex":
-        """Index chosen by ``gsu_index`` and ``gsu_index_{nlist,nprobe,hnsw_m,ef_search}``."""
+        """Index chosen by ``gsu_index`` and
+        ``gsu_index_{nlist,nprobe,hnsw_m,ef_search,ef_construction}``."""
         from recbole_reaseq.knowledge.evaluate import index_options
 
         opts = index_options(config)

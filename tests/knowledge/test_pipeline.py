@@ -379,6 +379,32 @@ def test_evaluate_writes_table_with_backend_and_sasrec_row(built, encoder, tmp_p
     assert again["title_embeddings_cached"] is True and again["rows"][:4] == m["rows"][:4]
 
 
+def test_evaluate_with_an_approximate_index(built, encoder, tmp_path, workdir):
+    """--index: an IVF index probing its only list is exact, so it reproduces the exact table
+    (HNSW's order among the tied title vectors of this catalogue may differ from exact search's,
+    so it is only checked to run with its settings); the report names the search and the
+    regenerating flags."""
+    data, art, _ = built
+    kw = dict(data_path=str(data), artifact_dir=str(art), ks=(1, 2), encoder=encoder)
+    exact = P.evaluate(DATASET, out_dir=None, **kw)
+    ivf = P.evaluate(DATASET, out_dir=str(tmp_path / "r"), index={"index": "ivf", "nlist": 1,
+                                                                  "nprobe": 1}, **kw)
+    hnsw = P.evaluate(DATASET, out_dir=None, index={"index": "hnsw", "hnsw_m": 4,
+                                                    "ef_search": 16, "ef_construction": 16}, **kw)
+    assert ivf["rows"] == exact["rows"]
+    assert hnsw["key"]["index"] == {"index": "hnsw", "nlist": None, "nprobe": 16, "hnsw_m": 4,
+                                    "ef_search": 16, "ef_construction": 16}
+    assert [r["n_users"] for r in hnsw["rows"]] == [r["n_users"] for r in exact["rows"]]
+    assert ivf["key"]["index"]["index"] == "ivf" and "index" not in exact["key"]
+    md = (tmp_path / "r" / "representations_tiny.md").read_text()
+    assert "Search: faiss IVF (nlist 1, nprobe 1; approximate)" in md
+    assert "--index ivf --nlist 1 --nprobe 1 --hnsw-m 32" in md
+    with pytest.raises(ValueError, match="use_faiss is off"):
+        P.evaluate(DATASET, out_dir=None, use_faiss=False, index={"index": "hnsw"}, **kw)
+    with pytest.raises(ValueError, match="gsu_index_nprobe"):
+        P.evaluate(DATASET, out_dir=None, index={"index": "ivf", "nprobe": 0}, **kw)
+
+
 # ---------------------------------------------------------------------------------- glue
 def test_ensure_artifacts_and_attach_to_config(built, workdir):
     from recbole_reaseq.config import Config

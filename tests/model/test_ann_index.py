@@ -73,7 +73,8 @@ def test_from_config_and_errors(tiny_root, workdir):
 
     config = make_config("ReaSeqCTR", "tiny", config_dict=tiny_config(tiny_root, workdir))
     assert index_options(config) == {"index": "flat", "nlist": None, "nprobe": 16,
-                                     "hnsw_m": 32, "ef_search": 128}   # ReaSeqCTR.yaml defaults
+                                     "hnsw_m": 32, "ef_search": 128,
+                                     "ef_construction": 40}             # ReaSeqCTR.yaml defaults
     items, queries = clustered(500, 16, 5, seed=1)
     assert KnowledgeIndex.from_config(config, items).kind == "flat"
     config["gsu_index"], config["gsu_index_nlist"] = "ivf", 8
@@ -92,3 +93,19 @@ def test_from_config_and_errors(tiny_root, workdir):
         KnowledgeIndex.from_config(config, items)
     with pytest.raises(ValueError, match="gsu_index_ef_search must be a positive integer"):
         KnowledgeIndex(items, index="hnsw", ef_search=2.5)
+
+
+def test_ef_construction_reaches_the_hnsw_graph():
+    import faiss
+
+    from recbole_reaseq.knowledge.evaluate import build_index
+
+    items, _ = clustered(300, 16, 5, seed=2)
+    for ef in (40, 200):
+        built = build_index(items, "hnsw", hnsw_m=8, ef_construction=ef)   # keep it alive
+        index = faiss.downcast_index(built)
+        assert index.hnsw.efConstruction == ef and index.ntotal == 300
+    gsu = KnowledgeIndex(items, index="hnsw", hnsw_m=8, ef_construction=120)
+    assert faiss.downcast_index(gsu.index).hnsw.efConstruction == 120
+    with pytest.raises(ValueError, match="gsu_index_ef_construction"):
+        KnowledgeIndex(items, index="hnsw", ef_construction=0)
