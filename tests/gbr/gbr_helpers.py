@@ -25,3 +25,17 @@ def tiny_gbr(tiny_root: str, artifact_dir: str, **overrides) -> GBRConfig:
     kw = dict(TINY_REASONER, dataset="tiny", data_path=tiny_root, artifact_dir=artifact_dir)
     kw.update(overrides)
     return GBRConfig(**kw).check()
+
+
+def fill_and_no_fill_artifacts(tiny_root: str, tmp_path_factory, name: str) -> str:
+    """An artefact folder with two trained tiny reasoners and their augmentations: rule C (fills)
+    and rule T with time_percentile 100 (no gap at all, hence zero fills)."""
+    from recbole_reaseq.gbr.augment import augment
+    from recbole_reaseq.gbr.train import prepare, train
+
+    folder = artifact_copy(tiny_root, tmp_path_factory, name)
+    for kw in ({"rule": "C"}, {"rule": "T", "time_percentile": 100.0}):
+        prep = prepare(tiny_gbr(tiny_root, folder, epochs=2, **kw))
+        train(prep)
+        augment(prep)
+    return folder

@@ -16,7 +16,7 @@ from tests.conftest import tiny_config
 from tests.gbr import single_thread  # noqa: F401  (fixture)
 from tests.model import TINY_KNOWLEDGE
 
-from .gbr_helpers import artifact_copy, tiny_gbr
+from .gbr_helpers import fill_and_no_fill_artifacts, tiny_gbr
 
 SMALL = {"embedding_size": 8, "mlp_hidden_size": [16, 8], "eval_protocol": "ctr",
          "reaseq_knowledge": TINY_KNOWLEDGE}
@@ -24,12 +24,7 @@ SMALL = {"embedding_size": 8, "mlp_hidden_size": [16, 8], "eval_protocol": "ctr"
 
 @pytest.fixture(scope="module")
 def artifacts(tiny_root, tmp_path_factory):
-    folder = artifact_copy(tiny_root, tmp_path_factory, "gbrdin")
-    for kw in ({"rule": "C"}, {"rule": "T", "time_percentile": 100.0}):   # T: no gap at all
-        prep = prepare(tiny_gbr(tiny_root, folder, epochs=2, **kw))
-        train(prep)
-        augment(prep)
-    return folder
+    return fill_and_no_fill_artifacts(tiny_root, tmp_path_factory, "gbrdin")
 
 
 def _config(tiny_root, workdir, artifacts, **kw):

@@ -8,17 +8,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from recbole.data.interaction import Interaction
-from recbole.utils import init_seed
 
 from recbole_reaseq.evaluation.ctr import score_candidates
-from recbole_reaseq.gbr.augment import StaleAugmentationError, augment, load_augmentation
-from recbole_reaseq.gbr.train import prepare, train
+from recbole_reaseq.gbr.augment import StaleAugmentationError, load_augmentation
 from recbole_reaseq.model import item_repr as IR
 from recbole_reaseq.model import reaseqctr as RC
 from recbole_reaseq.model.reaseqctr import ReaSeqCTR
 from recbole_reaseq.quick_start import make_config, prepare_data, run
 from tests.conftest import tiny_config
-from tests.gbr.gbr_helpers import artifact_copy, tiny_gbr
+from tests.gbr.gbr_helpers import fill_and_no_fill_artifacts
+from tests.model.test_reaseqctr import build
 
 from . import TINY_KNOWLEDGE, single_thread  # noqa: F401  (fixture)
 
@@ -31,14 +30,7 @@ FILL_PARAMS = {"fill_proj.weight", "fill_proj.bias"}
 
 @pytest.fixture(scope="module")
 def artifacts(tiny_root, tmp_path_factory):
-    """Tiny knowledge artefacts + two augmentations: rule C (fills) and rule T with
-    time_percentile 100 (no gap at all, hence zero fills)."""
-    folder = artifact_copy(tiny_root, tmp_path_factory, "reaseqctr_gbr")
-    for kw in ({"rule": "C"}, {"rule": "T", "time_percentile": 100.0}):
-        prep = prepare(tiny_gbr(tiny_root, folder, epochs=2, **kw))
-        train(prep)
-        augment(prep)
-    return folder
+    return fill_and_no_fill_artifacts(tiny_root, tmp_path_factory, "reaseqctr_gbr")
 
 
 def _config(tiny_root, workdir, artifacts, **kw):
@@ -52,19 +44,6 @@ def prepared(tiny_root, tmp_path_factory, artifacts):
     config = make_config("ReaSeqCTR", "tiny", config_dict=_config(tiny_root, work, artifacts,
                                                                   **GBR))
     return (config,) + tuple(prepare_data(config))
-
-
-def build(config, dataset, **overrides):
-    """A fresh model with ``overrides`` (config restored afterwards), seeded as build_model."""
-    saved = {k: config[k] for k in overrides}
-    for k, v in overrides.items():
-        config[k] = v
-    try:
-        init_seed(config["seed"], config["reproducibility"])
-        return ReaSeqCTR(config, dataset).eval()
-    finally:
-        for k, v in saved.items():
-            config[k] = v
 
 
 def batch_with_fills(loader) -> Interaction:
