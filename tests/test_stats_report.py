@@ -148,3 +148,35 @@ def test_report_ranking_track_significance_and_resumed_time(tmp_path):
     assert [r["vs_Base_ndcg@10_diff"] for r in ours] == pytest.approx([0.15, 0.15])
     assert [(r["epochs"], r["sec_per_epoch"], r["fit_seconds"]) for r in ours] == [
         (4, 11.0, 150.0), (6, 16.0, 200.0)]
+
+
+def test_readme_block_ranking_track_exact(tmp_path, monkeypatch):
+    """README tables (benchmarks/readme_tables.py): ranking track, paired on per-user NDCG@10,
+    with the CTR-track GAUC of the same early-stopped runs; a missing marker is a clear error."""
+    from benchmarks import readme_tables, run as bench
+
+    model, base = known_inputs()
+    monkeypatch.setattr(bench, "HERE", str(tmp_path))
+    root = tmp_path / "runs" / "fixture"
+    for name, users, ndcg, gauc in (("Base", base, (0.5, 0.6), 0.7), ("Ours", model, (0.7, 0.7),
+                                                                          0.8)):
+        for seed in (1, 2):
+            write_run(str(root), f"{name}__toy__ranking__seed{seed}", seed,
+                      {"hit@10": 0.9, "ndcg@10": ndcg[seed - 1], "mrr@10": 0.4}, *users[seed],
+                      protocol="ranking", metric="ndcg@10",
+                      other_protocols={"ctr": {"test": {"gauc": gauc + seed / 100}}})
+    suite = {"suite": "fixture", "datasets": ["toy"], "seeds": [1, 2], "baseline": "Base",
+             "runs": [{"model": "Base", "protocol": "ranking"},
+                      {"model": "Ours", "protocol": "ranking"}]}
+    assert readme_tables.block(suite, "ranking") == "\n".join([
+        "| model | seeds | HR@10 | NDCG@10 | MRR@10 | Δ NDCG@10 vs Base [95 % CI] | "
+        "p (Wilcoxon) | CTR-track GAUC |",
+        "|---|---|---|---|---|---|---|---|",
+        "| Base | 2 | 0.9000 ± 0.0000 | 0.5500 ± 0.0707 | 0.4000 ± 0.0000 | – | – | "
+        "0.7150 ± 0.0071 |",
+        "| Ours | 2 | 0.9000 ± 0.0000 | 0.7000 ± 0.0000 | 0.4000 ± 0.0000 | "
+        "+15.00 pt [-9.84, +39.84] | 0.250 | 0.8150 ± 0.0071 |"])
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    with pytest.raises(KeyError, match="<!-- LEADERBOARD -->"):
+        readme_tables.main(["--readme", str(readme)])

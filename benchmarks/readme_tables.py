@@ -1,0 +1,104 @@
+"""Regenerate the result tables quoted in README.md from the stored runs.
+
+    python benchmarks/readme_tables.py            # rewrite README.md's marked blocks
+    python benchmarks/readme_tables.py --print    # print them instead
+
+Each table sits between ``<!-- NAME -->`` and ``<!-- /NAME -->`` in README.md and is built from
+one suite (:data:`BLOCKS`) with :mod:`benchmarks.report` (same runs, same paired test): mean ±
+std over the seeds that exist, and the difference to the suite's ``baseline`` with its 95 % CI and
+Wilcoxon p (▲/▼: p < 0.05). CTR blocks: AUC, GAUC, LogLoss, cold / hot GAUC, Δ GAUC (per-user
+AUC). Ranking blocks: HR@10, NDCG@10, MRR@10 under full ranking, Δ NDCG@10 (per-user NDCG@10),
+and the CTR-track GAUC of the same early-stopped model.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from benchmarks.report import PAIRED, collect, fmt_p, mean_std, significance  # noqa: E402
+from benchmarks.run import expand, load_suite  # noqa: E402
+from benchmarks.stats import marker  # noqa: E402
+
+README = os.path.join(os.path.dirname(HERE), "README.md")
+# README marker -> (suite file name, track[, baseline if not the suite's])
+BLOCKS = {
+    "LEADERBOARD": ("leaderboard_beauty", "ctr"),
+    "LEADERBOARD_RANKING": ("leaderboard_beauty", "ranking", "SASRec"),
+    "TABLE3": ("table3_beauty", "ctr"),
+    "TABLE4": ("table4_beauty", "ctr"),
+    "ML100K": ("table3_ml100k", "ctr"),
+    "TABLE6": ("table6_beauty", "ctr"),
+    "TABLE6_CENTRED": ("table6_centred_beauty", "ctr"),
+    "GBR_REASEQCTR": ("gbr_reaseqctr_beauty", "ctr"),
+    "LATENT": ("latent_reasoning_beauty", "ranking"),
+}
+CTR = ("auc", "gauc", "logloss", "cold/gauc", "hot/gauc")
+RANKING = ("hit@10", "ndcg@10", "mrr@10")
+
+
+def delta(test: dict | None) -> tuple[str, str]:
+    """(Δ in points [95 % CI], p with marker) of a paired test, or dashes."""
+    if not test:
+        return "–", "–"
+    return (f"{test['mean_diff'] * 100:+.2f} pt [{test['ci_low'] * 100:+.2f}, "
+            f"{test['ci_high'] * 100:+.2f}]", fmt_p(test["p_wilcoxon"]) + marker(test))
+
+
+def block(suite: dict, track: str, baseline: str | None = None) -> str:
+    """The Markdown table of one suite's ``track`` (every data set of the suite, in order),
+    paired against ``baseline`` (default: the suite's)."""
+    table = collect(expand(suite))
+    baseline = baseline or suite.get("baseline")
+    metric = PAIRED[track][1]
+    if track == "ctr":
+        head = (f"| model | seeds | AUC | GAUC | LogLoss | cold GAUC | hot GAUC | Δ GAUC vs "
+                f"{baseline} [95 % CI] | p (Wilcoxon) |")
+    else:
+        head = (f"| model | seeds | HR@10 | NDCG@10 | MRR@10 | Δ {metric} vs {baseline} "
+                f"[95 % CI] | p (Wilcoxon) | CTR-track GAUC |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for (dataset, protocol), models in sorted(table.items()):
+        if protocol != track:
+            continue
+        tests = significance(models, baseline, PAIRED[track][0]) if baseline else {}
+        for name, runs in models.items():
+            cols = CTR if track == "ctr" else RANKING
+            cells = [mean_std([r["test"][m] for r in runs if m in r["test"]]) for m in cols]
+            cells += list(delta(tests.get(name)))
+            if track == "ranking":
+                ctr = table.get((dataset, "ctr"), {}).get(f"{name} (early-stopped on ranking)", [])
+                cells.append(mean_std([r["test"]["gauc"] for r in ctr if "gauc" in r["test"]]))
+            lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Regenerate README.md's result tables.")
+    parser.add_argument("--print", action="store_true", help="print instead of rewriting")
+    parser.add_argument("--readme", default=README)
+    args = parser.parse_args(argv)
+    with open(args.readme, encoding="utf-8") as f:
+        text = f.read()
+    for key, (name, track, *baseline) in BLOCKS.items():
+        body = block(load_suite(os.path.join(HERE, "suites", f"{name}.yaml")), track, *baseline)
+        if args.print:
+            print(f"<!-- {key} -->\n{body}\n")
+            continue
+        pattern = rf"<!-- {key} -->.*?<!-- /{key} -->"
+        if not re.search(pattern, text, flags=re.S):
+            raise KeyError(f"{args.readme} has no <!-- {key} --> ... <!-- /{key} --> block. Fix: "
+                           f"add the two markers where the {name} table belongs.")
+        text = re.sub(pattern, lambda m: f"<!-- {key} -->\n{body}\n<!-- /{key} -->", text,
+                      flags=re.S)
+    if not args.print:
+        with open(args.readme, "w", encoding="utf-8") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
