@@ -37,8 +37,34 @@ def load(dataset: str, variant: str, artifact_dir: str):
     paths = artifact_paths(dataset, artifact_dir)
     ids = json.loads(paths.ids("knowledge_emb").read_text(encoding="utf-8"))
     emb = np.load(paths.npy("knowledge_emb")).astype(np.float32)
+    if manifest.get("center_repr"):      # the reasoner worked on the centred table: compare there
+        from recbole_reaseq.model.item_repr import center_rows
+
+        emb = center_rows(emb)
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     return z, manifest, field, ids, emb
+
+
+def geometry(emb: np.ndarray, fills: np.ndarray, n: int = 2000, seed: int = 0) -> dict:
+    """Where the filled vectors lie relative to the real items (unit rows, same space).
+
+    ``mean_dir_*``: mean cosine with the catalogue's mean item direction; ``nn_*``: mean cosine
+    with the nearest real item (for an item: the nearest OTHER item); ``distinct_nn``: share of
+    distinct nearest items among the sampled fills (1 = every fill points somewhere else).
+    """
+    rng = np.random.default_rng(seed)
+    f = fills[rng.choice(len(fills), size=min(n, len(fills)), replace=False)]
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)        # [F, D]
+    items = emb[rng.choice(len(emb), size=min(n, len(emb)), replace=False)]     # [I, D]
+    mean = emb.mean(0)
+    mean /= max(np.linalg.norm(mean), 1e-12)
+    fill_sims = f @ emb.T                                                       # [F, N]
+    item_sims = items @ emb.T                                                   # [I, N]
+    item_sims[item_sims > 1 - 1e-6] = -1.0                                      # not itself
+    return {"mean_dir_fill": float((f @ mean).mean()),
+            "mean_dir_item": float((items @ mean).mean()),
+            "nn_fill": float(fill_sims.max(1).mean()), "nn_item": float(item_sims.max(1).mean()),
+            "distinct_nn": len(set(fill_sims.argmax(1).tolist())) / len(f), "n": len(f)}
 
 
 def titles(dataset: str) -> dict:
@@ -81,6 +107,14 @@ def main(argv=None):
              "and after it; its nearest real items are by cosine over all items. `(in history)` "
              "marks a neighbour the user actually has in the training sequence; `(later)` one "
              "the user interacts with after the gap.", ""]
+    geo = geometry(emb, z["fills"], seed=args.seed)
+    lines += [f"Geometry ({geo['n']} sampled fills and items, same space"
+              + (", centred representations" if manifest.get("center_repr") else "") + "): "
+              f"cosine with the catalogue's mean item direction {geo['mean_dir_fill']:.3f} for "
+              f"fills vs {geo['mean_dir_item']:.3f} for real items; cosine with the nearest real "
+              f"item {geo['nn_fill']:.3f} for fills vs {geo['nn_item']:.3f} for real items (nearest "
+              f"other item); distinct nearest items among the fills: "
+              f"{geo['distinct_nn']:.1%}.", ""]
     plotted = []
     for u in picked:
         items = z["items"][z["item_offsets"][u]:z["item_offsets"][u + 1]].astype(str)

@@ -55,12 +55,46 @@ from .train import (Prepared, _atomic_write_bytes, _fingerprint, config_from_rec
                     variant_root, write_json)
 
 __all__ = ["AUG_VERSION", "Augmentation", "fill_windows", "augment", "augmentation_paths",
-           "load_augmentation", "StaleAugmentationError"]
+           "load_augmentation", "StaleAugmentationError", "DECODES", "decode_fills"]
 
 logger = logging.getLogger(__name__)
 
 AUG_VERSION = 1
 WINDOW_BATCH = 256
+
+
+DECODES = ("raw", "expected", "nearest")
+
+
+def decode_fills(fills: torch.Tensor, items: torch.Tensor, mode: str = "raw",
+                 temperature: float = 0.07, chunk: int = 2048) -> torch.Tensor:
+    """Map filled vectors ``fills`` [G, D] back onto the catalogue ``items`` [N, D] (unit rows
+    out, [G, D]).
+
+    * ``raw``: the reasoner's output as it is (L2-normalised), the paper's reading;
+    * ``expected``: the item representation expected under the reasoner's own in-batch softmax
+      (eq. 6-7) spread over the whole catalogue, ``sum_j softmax_j(cos(f, x_j) / temperature) x_j``,
+      re-normalised: a point inside the items' hull, a soft version of
+    * ``nearest``: the most similar real item's representation.
+
+    All-zero item rows (padding, items without a representation) are never used.
+    """
+    if mode not in DECODES:
+        raise ValueError(f"gbr_fill_decode={mode!r} is unknown. Fix: use one of "
+                         f"{', '.join(DECODES)}.")
+    f = F.normalize(fills.float(), dim=-1)                                  # [G, D]
+    if mode == "raw":
+        return f
+    keep = items.norm(dim=-1) > 0
+    x = F.normalize(items[keep].float(), dim=-1)                           # [N', D]
+    out = []
+    for s in range(0, len(f), chunk):
+        sims = f[s:s + chunk] @ x.T                                         # [g, N']
+        if mode == "nearest":
+            out.append(x[sims.argmax(dim=1)])                               # [g, D]
+        else:
+            out.append(F.normalize(torch.softmax(sims / temperature, dim=1) @ x, dim=-1))
+    return torch.cat(out) if out else f
 
 
 class StaleAugmentationError(FileNotFoundError):

@@ -36,6 +36,12 @@ NOTE: ``center_repr: True`` (beyond the paper) centres the frozen representation
 table. The in-batch cosine softmax of eq. 6-7 cannot see the direction that all items share, so
 without centring the filled vectors come out orthogonal to it (cosine 0.01 with the mean item
 direction, against 0.73 for real items) and DIN reads them as off-manifold tokens.
+NOTE: ``gbr_fill_decode`` (beyond the paper) maps each filled vector back onto the catalogue
+before DIN reads it (:func:`recbole_reaseq.gbr.augment.decode_fills`): ``raw`` (the paper's
+reading), ``expected`` (the representation expected under the reasoner's softmax over all items
+at ``gbr_decode_temperature``) or ``nearest`` (the closest real item). Raw fills lie far from
+every real item (cosine 0.2 with the nearest one, against 0.9 between real neighbours;
+``benchmarks/results/gbr_qualitative_*.md``).
 NOTE: user features are not used (DIN in RecBole does not feed them to the MLP either).
 """
 from __future__ import annotations
@@ -91,14 +97,16 @@ class GBRDIN(SequentialRecommender):
         self.register_buffer("item_repr", knowledge)                        # [n_items, D]
         dim = knowledge.shape[1]
         if self.use_gbr:
-            from recbole_reaseq.gbr.augment import load_augmentation
+            from recbole_reaseq.gbr.augment import decode_fills, load_augmentation
 
             aug = load_augmentation(config)
             if aug.dim != dim:
                 raise ValueError(f"GBR augmentation {aug.path} has {aug.dim}-d vectors, the "
                                  f"{self.knowledge_field} table {dim}-d. Fix: rebuild it with "
                                  f"the same knowledge_field.")
-            fills = F.normalize(torch.from_numpy(aug.fills), dim=-1)        # [G, D]
+            fills = decode_fills(torch.from_numpy(aug.fills), knowledge,      # [G, D] unit
+                                 config["gbr_fill_decode"] or "raw",
+                                 config["gbr_decode_temperature"] or 0.07)
             table = torch.cat([torch.zeros(1, dim), fills])                 # [G+1, D] row 0 = 0
         else:
             table = torch.zeros(1, dim)

@@ -70,6 +70,9 @@ NOTE: a filled behaviour has no item id, SID or side feature, only a vector in t
   seen by both pathways and the profile, and the length table keeps its ``MAX_ITEM_LIST_LENGTH + 1``
   rows (same parameters as the plain model).
 
+NOTE: ``gbr_fill_decode: expected | nearest`` maps the fills onto the (centred, if
+``center_repr``) knowledge table first, as in GBRDIN (:func:`recbole_reaseq.gbr.augment.
+decode_fills`).
 NOTE: GBR-ReaSeqCTR with zero fills equals ReaSeqCTR bit for bit (tested): ``fill_proj`` is created
 after every other module is initialised, under ``preserve_rng`` (the global RNG stream that
 follows, dropout and sampling, is unchanged), and the augmented sequence is cut to the batch's
@@ -204,14 +207,20 @@ class ReaSeqCTR(SequentialRecommender):
 
     def _load_fills(self, config, reprs) -> torch.Tensor:
         """The stored GBR fills as a [G+1, D] table of unit rows, row 0 = zeros (not a fill)."""
-        from recbole_reaseq.gbr.augment import load_augmentation
+        from recbole_reaseq.gbr.augment import decode_fills, load_augmentation
 
         aug = load_augmentation(config)
+        decode = config["gbr_fill_decode"] or "raw"
+        if decode != "raw" and reprs.knowledge_emb is None:
+            raise ValueError(f"gbr_fill_decode={decode!r} maps fills onto the knowledge table, "
+                             f"which a compression-only ReaSeqCTR does not load. Fix: "
+                             f"gbr_fill_decode: raw, or add retrieval to reaseq_pathways.")
         if reprs.knowledge_emb is not None and aug.dim != reprs.knowledge_emb.shape[1]:
             raise ValueError(f"GBR augmentation {aug.path} has {aug.dim}-d vectors, the "
                              f"{reprs.knowledge_field} table {reprs.knowledge_emb.shape[1]}-d. "
                              f"Fix: rebuild it with the same knowledge_field.")
-        fills = F.normalize(torch.from_numpy(aug.fills).float(), dim=-1)    # [G, D]
+        fills = decode_fills(torch.from_numpy(aug.fills), reprs.knowledge_emb, decode,
+                             config["gbr_decode_temperature"] or 0.07)     # [G, D] unit rows
         return torch.cat([fills.new_zeros(1, aug.dim), fills])              # [G+1, D]
 
     @staticmethod

@@ -141,3 +141,47 @@ def test_centred_gbr_din_reads_the_centred_reasoner(tiny_root, workdir, artifact
         config_dict, center_repr=False)), train_data)
     assert not torch.allclose(model.item_repr, uncentred.item_repr, atol=1e-3)
     assert model.fill_repr.shape[0] == manifest["gaps"] + 1
+
+
+def test_decode_fills_by_hand():
+    from recbole_reaseq.gbr.augment import decode_fills
+
+    items = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 1.0]])      # row 0: padding, never used
+    fills = torch.tensor([[1.0, 0.0], [3.0, 4.0]])
+    raw = decode_fills(fills, items, "raw")
+    assert torch.allclose(raw, torch.tensor([[1.0, 0.0], [0.6, 0.8]]))
+    assert torch.equal(decode_fills(fills, items, "nearest"), torch.tensor([[1.0, 0.0],
+                                                                            [0.0, 1.0]]))
+    # tau = 1: fill (1, 0) has cosines (1, 0) -> weights e/(e+1), 1/(e+1) on (1,0), (0,1)
+    w = torch.tensor([math.e, 1.0]) / (math.e + 1)
+    # fill (0.6, 0.8): cosines (0.6, 0.8)
+    v = torch.softmax(torch.tensor([0.6, 0.8]), 0)
+    expected = torch.stack([w / w.norm(), v / v.norm()])
+    out = decode_fills(fills, items, "expected", temperature=1.0, chunk=1)
+    assert torch.allclose(out, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="gbr_fill_decode='mean'"):
+        decode_fills(fills, items, "mean")
+
+
+@pytest.mark.parametrize("decode", ["expected", "nearest"])
+def test_gbrdin_decodes_fills_onto_its_item_table(tiny_root, workdir, artifacts, decode):
+    """gbr_fill_decode: the fill table equals a direct computation over GBRDIN's own item table
+    (nearest: a row of it; expected: the softmax-weighted mean at the reasoner's temperature)."""
+    from recbole_reaseq.gbr.augment import load_augmentation
+
+    config = make_config("GBRDIN", "tiny", config_dict=_config(
+        tiny_root, workdir, artifacts, reaseq_transforms=["gbr_augment"], gbr_fill_decode=decode))
+    _, train_data, _, _ = prepare_data(config)
+    model = build_model(config, train_data)
+    raw = torch.nn.functional.normalize(torch.from_numpy(load_augmentation(config).fills), dim=-1)
+    items = model.item_repr[1:]                                        # unit rows, no padding
+    sims = raw @ items.T                                               # [G, N]
+    if decode == "nearest":
+        want = items[sims.argmax(1)]
+    else:
+        want = torch.nn.functional.normalize(torch.softmax(sims / 0.07, 1) @ items, dim=-1)
+    assert torch.allclose(model.fill_repr[1:], want, atol=1e-5)
+    assert torch.equal(model.fill_repr[0], torch.zeros(items.shape[1]))
+    if decode == "nearest":                                            # every fill is an item
+        assert torch.allclose((model.fill_repr[1:] @ items.T).max(1).values,
+                              torch.ones(len(raw)), atol=1e-5)
