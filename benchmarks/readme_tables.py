@@ -19,7 +19,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from benchmarks.report import PAIRED, collect, fmt_p, mean_std, significance  # noqa: E402
+from benchmarks.report import (PAIRED, collect, epoch_seconds, fit_seconds, fmt_p,  # noqa: E402
+                               mean_std, significance)
 from benchmarks.run import expand, load_suite  # noqa: E402
 from benchmarks.stats import marker  # noqa: E402
 
@@ -28,6 +29,7 @@ README = os.path.join(os.path.dirname(HERE), "README.md")
 BLOCKS = {
     "LEADERBOARD": ("leaderboard_beauty", "ctr"),
     "LEADERBOARD_RANKING": ("leaderboard_beauty", "ranking", "SASRec"),
+    "LEADERBOARD_COST": ("leaderboard_beauty", "cost"),
     "TABLE3": ("table3_beauty", "ctr"),
     "TABLE4": ("table4_beauty", "ctr"),
     "ML100K": ("table3_ml100k", "ctr"),
@@ -48,10 +50,34 @@ def delta(test: dict | None) -> tuple[str, str]:
             f"{test['ci_high'] * 100:+.2f}]", fmt_p(test["p_wilcoxon"]) + marker(test))
 
 
+def cost_block(table: dict) -> str:
+    """Training cost per model (each run counted once, on the protocol it was trained on)."""
+    lines = ["| model | track trained on | seeds | epochs | s / epoch | train s | peak MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for (dataset, protocol), models in sorted(table.items()):
+        for name, runs in models.items():
+            if "(early-stopped on" in name:
+                continue
+            res = [r["result"] for r in runs]
+            epochs = [r["epochs_trained"] + r.get("start_epoch", 0) for r in res]
+            secs = [s for r in res for s in epoch_seconds(r)]
+            # resumed before epochs.jsonl existed: the time of the inherited epochs is unknown
+            partial = any(r.get("start_epoch", 0) > 0 and "fit_seconds_before_resume" not in r
+                          for r in res)
+            lines.append(f"| {name} | {protocol} | {len(runs)} | {sum(epochs) / len(epochs):.0f} "
+                         f"| {f'{sum(secs) / len(secs):.0f}' if secs else '–'} | "
+                         f"{sum(fit_seconds(r) for r in res) / len(res):.0f}"
+                         f"{' *' if partial else ''} | {max(r['peak_rss_mb'] for r in res):.0f} |")
+    return "\n".join(lines + ["", "\\* resumed before epoch times were logged: the time of the "
+                                   "epochs before the resume is missing."])
+
+
 def block(suite: dict, track: str, baseline: str | None = None) -> str:
     """The Markdown table of one suite's ``track`` (every data set of the suite, in order),
-    paired against ``baseline`` (default: the suite's)."""
+    paired against ``baseline`` (default: the suite's); ``track="cost"``: :func:`cost_block`."""
     table = collect(expand(suite))
+    if track == "cost":
+        return cost_block(table)
     baseline = baseline or suite.get("baseline")
     metric = PAIRED[track][1]
     if track == "ctr":

@@ -176,6 +176,8 @@ def test_readme_block_ranking_track_exact(tmp_path, monkeypatch):
         "0.7150 ± 0.0071 |",
         "| Ours | 2 | 0.9000 ± 0.0000 | 0.7000 ± 0.0000 | 0.4000 ± 0.0000 | "
         "+15.00 pt [-9.84, +39.84] | 0.250 | 0.8150 ± 0.0071 |"])
+    assert readme_tables.block(suite, "cost").splitlines()[2:4] == [
+        "| Base | ranking | 2 | 4 | 11 | 100 | 500 |", "| Ours | ranking | 2 | 4 | 11 | 100 | 500 |"]
     readme = tmp_path / "README.md"
     readme.write_text("no markers\n")
     with pytest.raises(KeyError, match="<!-- LEADERBOARD -->"):
