@@ -39,8 +39,9 @@ Symptoms and fixes (RecBole 1.2.1):
 7. ``recbole.utils.ensure_dir`` checks ``os.path.exists`` and then calls ``os.makedirs``: under DDP
    two ranks building their trainer (``checkpoint_dir``), logger or dataset at once can both see
    the folder missing, and the slower one dies with ``FileExistsError``. Fix:
-   :func:`atomic_ensure_dir` replaces it, in RecBole's modules that import it by name, with
-   ``os.makedirs(path, exist_ok=True)``.
+   :func:`atomic_ensure_dir` replaces it with ``os.makedirs(path, exist_ok=True)`` in
+   ``recbole.utils`` before RecBole's trainer, data and dataset modules import it by name (and in
+   any of them already imported).
 """
 from __future__ import annotations
 
@@ -96,10 +97,15 @@ _ENSURE_DIR_USERS = ("recbole.utils", "recbole.utils.utils", "recbole.utils.logg
 
 
 def atomic_ensure_dir() -> None:
-    """Make RecBole's ``ensure_dir`` race-free wherever RecBole looks it up (see 7. above)."""
+    """Make RecBole's ``ensure_dir`` race-free wherever RecBole looks it up (see 7. above).
+
+    Importing ``recbole.utils`` is cheap; the modules that bind ``ensure_dir`` by name later
+    (trainer, data, dataset) then bind this one, so they are not imported here."""
+    import recbole.utils  # noqa: F401  (also loads recbole.utils.utils and .logger)
+
     for name in _ENSURE_DIR_USERS:
-        module = import_recbole_module(name)
-        if getattr(module, "ensure_dir", None) is not None:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "ensure_dir", None) is not None:
             module.ensure_dir = _ensure_dir
 
 
