@@ -107,18 +107,25 @@ def test_side_feature_columns_exact(prepared):
 
 
 # ---------------------------------------------------------------------------------  model
+def full_and_pointwise(model, inter, n_items):
+    """(full_sort_predict [B, n_items], predict on every (row, item) pair [B, n_items])."""
+    n_rows = len(inter)
+    with torch.no_grad():
+        full = model.full_sort_predict(inter).view(n_rows, -1)      # [B, n_items]
+        rows = inter.repeat_interleave(n_items)
+        rows.update(Interaction({"item_id": torch.arange(n_items).repeat(n_rows)}))
+        point = model.predict(rows).view(n_rows, -1)
+    return full, point
+
+
 def test_predict_and_full_sort_agree(prepared, monkeypatch):
     config, dataset, _train, _valid, test = prepared
     model = build(config, dataset, full_sort_budget=60_000)        # 3-item chunks
     monkeypatch.setattr(RC, "_PREDICT_ROWS", 100)                   # several row slices
     inter = first_test_batch(test)
     n_rows = len(inter)
-    with torch.no_grad():
-        full = model.full_sort_predict(inter).view(n_rows, -1)      # [B, n_items]
-        assert full.shape == (n_rows, dataset.item_num)
-        rows = inter.repeat_interleave(dataset.item_num)
-        rows.update(Interaction({"item_id": torch.arange(dataset.item_num).repeat(n_rows)}))
-        point = model.predict(rows).view(n_rows, -1)
+    full, point = full_and_pointwise(model, inter, dataset.item_num)
+    assert full.shape == (n_rows, dataset.item_num)
     assert torch.allclose(full, point, atol=1e-6)
     assert ((point > 0) & (point < 1)).all()
     cands = torch.randint(1, dataset.item_num, (n_rows, 10))

@@ -17,7 +17,7 @@ from recbole_reaseq.model.reaseqctr import ReaSeqCTR
 from recbole_reaseq.quick_start import make_config, prepare_data, run
 from tests.conftest import tiny_config
 from tests.gbr.gbr_helpers import fill_and_no_fill_artifacts
-from tests.model.test_reaseqctr import build
+from tests.model.test_reaseqctr import build, full_and_pointwise
 
 from . import TINY_KNOWLEDGE, single_thread  # noqa: F401  (fixture)
 
@@ -242,12 +242,8 @@ def test_predict_equals_full_sort_with_fills(prepared, monkeypatch):
     monkeypatch.setattr(RC, "_PREDICT_ROWS", 100)                           # several row slices
     inter = batch_with_fills(test)
     n_rows = len(inter)
-    with torch.no_grad():
-        full = model.full_sort_predict(inter).view(n_rows, -1)              # [B, n_items]
-        assert full.shape == (n_rows, dataset.item_num)
-        rows = inter.repeat_interleave(dataset.item_num)
-        rows.update(Interaction({"item_id": torch.arange(dataset.item_num).repeat(n_rows)}))
-        point = model.predict(rows).view(n_rows, -1)
+    full, point = full_and_pointwise(model, inter, dataset.item_num)
+    assert full.shape == (n_rows, dataset.item_num)
     assert torch.allclose(full, point, atol=1e-6)
     cands = torch.randint(1, dataset.item_num, (n_rows, 10))
     config["ctr_score_with_full_sort"] = True
