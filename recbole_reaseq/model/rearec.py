@@ -194,16 +194,21 @@ def reasoning_step(trm_encoder, cache: ReasoningCache, x: torch.Tensor) -> torch
     return x
 
 
-def pairwise_kl_diversity(logits: torch.Tensor) -> torch.Tensor:
-    """Mean ``KL(p_j || sg(p_i))`` over ordered step pairs ``i != j``; logits ``[B, K, N]``."""
-    steps = logits.shape[1]
-    log_p = F.log_softmax(logits, dim=-1)                                      # [B, K, N]
-    log_q = F.log_softmax(logits.detach(), dim=-1)                             # [B, K, N]
-    p = log_p.exp()
-    neg_entropy = (p * log_p).sum(-1)                                          # [B, K]
+def pairwise_kl_diversity(log_probs: torch.Tensor) -> torch.Tensor:
+    """Mean ``KL(p_j || sg(p_i))`` over ordered step pairs ``i != j``.
+
+    log_probs: ``[B, K, N]``, the steps' item log-distributions (``log_softmax`` of the logits;
+    taking them rather than logits lets ERL's CE and this term share one ``log_softmax`` over
+    the catalogue, the costliest operation of the step: ``sg(log p_i)`` is ``log_probs.detach()``,
+    which equals ``log_softmax(logits.detach())``, values and gradients alike).
+    """
+    steps = log_probs.shape[1]
+    log_q = log_probs.detach()                                                 # [B, K, N]
+    p = log_probs.exp()
+    neg_entropy = (p * log_probs).sum(-1)                                      # [B, K]
     cross = torch.matmul(p, log_q.transpose(1, 2))                             # [B, K(j), K(i)]
     kl = neg_entropy.unsqueeze(-1) - cross                                     # [B, K, K]
-    off_diagonal = ~torch.eye(steps, dtype=torch.bool, device=logits.device)
+    off_diagonal = ~torch.eye(steps, dtype=torch.bool, device=log_probs.device)
     return kl[:, off_diagonal].mean()
 
 
@@ -309,9 +314,13 @@ class ReaRec(SASRec):
         logits = torch.matmul(steps, self.item_embedding.weight.t())           # [B, R+1, N]
         n_steps = logits.shape[1]
         if self.rearec_mode == "ERL":
-            ce = self.loss_fct(logits.reshape(-1, logits.shape[-1]),
-                               pos_items.repeat_interleave(n_steps))
-            return ce - self.erl_kl_weight * pairwise_kl_diversity(logits)
+            log_probs = F.log_softmax(logits, dim=-1)                          # [B, R+1, N]
+            # = self.loss_fct (CrossEntropyLoss) on the logits; the log_softmax is shared
+            ce = F.nll_loss(log_probs.reshape(-1, logits.shape[-1]),
+                            pos_items.repeat_interleave(n_steps))
+            if self.erl_kl_weight == 0:
+                return ce
+            return ce - self.erl_kl_weight * pairwise_kl_diversity(log_probs)
         scaled = logits / self.step_temperatures(logits.device).view(1, -1, 1)
         loss = self.loss_fct(scaled[:, -1], pos_items)
         if self.prl_pl_weight > 0:

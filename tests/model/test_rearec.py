@@ -109,9 +109,9 @@ def test_predict_agrees_with_full_sort_predict(prepared, mode):
 
 def test_erl_and_prl_losses(prepared):
     config, _dataset, train, _valid, _test = prepared
-    logits = torch.randn(4, 3, 7)
-    assert pairwise_kl_diversity(logits) > 0
-    assert pairwise_kl_diversity(logits[:, :1].expand(-1, 3, -1)).abs() < 1e-6
+    log_probs = torch.log_softmax(torch.randn(4, 3, 7), -1)
+    assert pairwise_kl_diversity(log_probs) > 0
+    assert pairwise_kl_diversity(log_probs[:, :1].expand(-1, 3, -1)).abs() < 1e-6
     prl = build_with(config, train, rearec_mode="PRL", reasoning_steps=2)
     assert torch.allclose(prl.step_temperatures("cpu"), torch.tensor([1.75, 0.35, 0.07]))
     batch = next(iter(train))
@@ -127,6 +127,40 @@ def test_erl_and_prl_losses(prepared):
     erl.erl_kl_weight = 0.0
     torch.manual_seed(0)
     assert with_kl < erl.calculate_loss(batch)              # the diversity term is subtracted
+
+
+def test_pairwise_kl_equals_hand_computation():
+    # two steps over two items: p_0 = (0.5, 0.5), p_1 = (0.8, 0.2)
+    p = torch.tensor([[[0.5, 0.5], [0.8, 0.2]]])
+    kl_10 = 0.8 * math.log(0.8 / 0.5) + 0.2 * math.log(0.2 / 0.5)         # KL(p_1 || p_0)
+    kl_01 = 0.5 * math.log(0.5 / 0.8) + 0.5 * math.log(0.5 / 0.2)         # KL(p_0 || p_1)
+    assert pairwise_kl_diversity(p.log()).item() == pytest.approx((kl_10 + kl_01) / 2, rel=1e-6)
+
+
+def test_erl_loss_equals_the_unshared_formula_values_and_gradients(prepared):
+    """ERL's CE and KL share one log_softmax; the same loss computed the plain way (RecBole's
+    CrossEntropyLoss on the logits, KL from two separate log_softmax calls with the second
+    detached, as the official code) has the same value and the same gradient everywhere."""
+    config, _dataset, train, _valid, _test = prepared
+    model = build_with(config, train, rearec_mode="ERL", reasoning_steps=2, erl_kl_weight=0.3)
+    batch = next(iter(train))
+    torch.manual_seed(0)
+    fused = model.calculate_loss(batch)
+    fused_grads = torch.autograd.grad(fused, list(model.parameters()))
+    torch.manual_seed(0)                                   # same dropout masks
+    steps, _ = model.reason(batch["item_id_list"], batch["item_length"])
+    logits = steps @ model.item_embedding.weight.t()                      # [B, K, N]
+    k = logits.shape[1]
+    ce = torch.nn.CrossEntropyLoss()(logits.reshape(-1, logits.shape[-1]),
+                                     batch["item_id"].repeat_interleave(k))
+    log_p, log_q = logits.log_softmax(-1), logits.detach().log_softmax(-1)
+    kl = torch.stack([(log_p[:, j].exp() * (log_p[:, j] - log_q[:, i])).sum(-1)
+                      for j in range(k) for i in range(k) if i != j], 1).mean()
+    plain = ce - 0.3 * kl
+    plain_grads = torch.autograd.grad(plain, list(model.parameters()))
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-6)
+    for got, want in zip(fused_grads, plain_grads):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("overrides,message", [
