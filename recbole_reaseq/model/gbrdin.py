@@ -57,6 +57,7 @@ from recbole.utils import InputType
 
 from recbole_reaseq import compat
 from recbole_reaseq.model.item_repr import load_item_representations
+from recbole_reaseq.model.layers import map_unique
 
 # importing RecBole's sequential package runs sine.py, which switches autograd anomaly mode on
 DIN = compat.import_recbole_module("recbole.model.sequential_recommender.din").DIN
@@ -141,19 +142,28 @@ class GBRDIN(SequentialRecommender):
                     interaction["gbr_length"])
         return interaction[self.ITEM_SEQ], None, interaction[self.ITEM_SEQ_LEN]
 
+    def project_item(self, items):
+        """Item ids ``[N]`` -> projected representations ``[N, d]``."""
+        return self.item_proj(self.item_repr[items])
+
+    def project_fill(self, fill_index):
+        """Fill rows ``[N]`` (0 = none) -> projected filled vectors ``[N, d]``."""
+        return self.item_proj(self.fill_repr[fill_index])
+
     def forward(self, item_seq, fill_index, item_seq_len, next_items):
         if item_seq.shape[1] < self.width:                                  # Base: pad to W
             item_seq = F.pad(item_seq, (0, self.width - item_seq.shape[1]))
-        tokens = self.item_repr[item_seq]                                   # [B, W, D]
+        # project each distinct item / fill once (= item_proj(item_repr[item_seq]), cheaper)
+        keys = map_unique(self.project_item, item_seq)                      # [B, W, d]
         if fill_index is not None:
             is_fill = (fill_index > 0).unsqueeze(-1)                        # [B, W, 1]
-            tokens = torch.where(is_fill, self.fill_repr[fill_index], tokens)  # [B, W, D]
-        keys = self.item_proj(tokens)                                       # [B, W, d]
+            fills = map_unique(self.project_fill, fill_index)               # [B, W, d]
+            keys = torch.where(is_fill, fills, keys)                        # [B, W, d]
         if self.position is not None:
             steps = torch.arange(self.width, device=item_seq.device).view(1, -1)
             recency = (item_seq_len.view(-1, 1) - 1 - steps).clamp(min=0)   # [B, W]
             keys = keys + self.position(recency)                            # [B, W, d]
-        target = self.item_proj(self.item_repr[next_items])                 # [B, d]
+        target = map_unique(self.project_item, next_items)                  # [B, d]
 
         # attention
         user_emb = self.attention(target, keys, item_seq_len).squeeze(1)    # [B, d]

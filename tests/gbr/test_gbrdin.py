@@ -105,6 +105,29 @@ def test_insert_and_append_differ_only_through_positions(prepared):
         assert torch.allclose(a, b, atol=1e-6) == equal
 
 
+def test_projecting_distinct_rows_equals_projecting_every_token(prepared, monkeypatch):
+    """GBRDIN projects each distinct item / fill once per batch (map_unique); the naive path,
+    item_proj over every token's representation, gives the same scores and gradients."""
+    import recbole_reaseq.model.gbrdin as gbrdin_module
+
+    config, _dataset, train_data, _valid, test_data = prepared
+    model = build_model(config, train_data)
+    batch = next(iter(train_data))
+    assert (batch["gbr_fill_index"] > 0).any()
+
+    def loss_and_grads():
+        loss = model.calculate_loss(batch)
+        return loss, torch.autograd.grad(loss, [model.item_proj.weight])[0]
+
+    model.eval()                        # no dropout; BatchNorm on running statistics
+    fast, fast_grad = loss_and_grads()
+    monkeypatch.setattr(gbrdin_module, "map_unique",
+                        lambda fn, idx: fn(idx.reshape(-1)).view(*idx.shape, -1))
+    naive, naive_grad = loss_and_grads()
+    assert fast.item() == pytest.approx(naive.item(), rel=1e-6)
+    assert torch.allclose(fast_grad, naive_grad, rtol=1e-5, atol=1e-7)
+
+
 def test_center_rows_by_hand():
     from recbole_reaseq.model.item_repr import center_rows
 

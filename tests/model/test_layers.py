@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tests.model import single_thread  # noqa: F401  (fixture)
-from recbole_reaseq.model.layers import (AnchorCompressor, CrossAttention, KnowledgeIndex,
+from recbole_reaseq.model.layers import (AnchorCompressor, CrossAttention, KnowledgeIndex, map_unique,
                                          TargetAttention, dedup_retrieved, gather_positions,
                                          masked_attention, masked_topk, masked_topk_similar,
                                          project_kv_dedup, project_kv_naive)
@@ -173,6 +173,25 @@ def test_dedup_path_equals_naive_path():
     assert out_unique.shape == (2, 15, 16)
     assert (out_unique.view(30, 16) - out_naive).abs().max() <= 1e-6
     assert torch.equal(out_unique.view(30, 16)[7], torch.zeros(16))
+
+
+def test_map_unique_equals_the_row_wise_map_values_and_gradients():
+    torch.manual_seed(4)
+    table = torch.randn(20, 6)
+    proj = torch.nn.Linear(6, 3)
+    idx = torch.tensor([[3, 3, 0, 7], [7, 19, 3, 0]])                      # repeats, padding
+    got = map_unique(lambda i: proj(table[i]), idx)                         # [2, 4, 3]
+    want = proj(table[idx])
+    assert got.shape == (2, 4, 3) and torch.allclose(got, want, atol=1e-6)
+    weights = torch.randn(2, 4, 3)
+    grads_got = torch.autograd.grad((got * weights).sum(), list(proj.parameters()))
+    grads_want = torch.autograd.grad((want * weights).sum(), list(proj.parameters()))
+    for a, b in zip(grads_got, grads_want):
+        assert torch.allclose(a, b, atol=1e-6)
+    # only 4 distinct ids are projected
+    seen = []
+    map_unique(lambda i: seen.append(i.clone()) or proj(table[i]), idx)
+    assert seen[0].tolist() == [0, 3, 7, 19]
 
 
 def test_faiss_index_equals_brute_force():
