@@ -75,6 +75,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-batch-size", dest="eval_batch_size", type=int,
                    default=d.eval_batch_size, help="fixed IB-metric batch (B-1 negatives)")
     g.add_argument("--context", default=d.context, help="augment: prefix or full")
+    g.add_argument("--tag", default=d.tag,
+                   help="name suffix of the artefact folder (GBR-C-0-<tag>), e.g. for a "
+                        "longer schedule kept beside the untagged run")
     return p
 
 
@@ -138,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             schedule_epochs=args.schedule_epochs, batch_size=args.batch_size, lr=args.lr,
             seed=args.seed, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
             max_len=args.max_len, eval_batch_size=args.eval_batch_size, context=args.context,
-            progress=not args.quiet).check()
+            progress=not args.quiet, tag=args.tag).check()
         prep = prepare(cfg)
         print(report_location(prep.inputs.stats), flush=True)
         if args.command in ("train", "all"):

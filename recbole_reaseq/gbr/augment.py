@@ -267,14 +267,16 @@ def config_get(config, key, default=None):
 
 def load_augmentation(config) -> Augmentation:
     """The stored augmentation named by a RecBole config (``dataset``, ``reaseq_artifact_dir``,
-    ``gbr_rule`` / ``gbr_loss`` / ``gbr_weighting`` / ``center_repr`` -> variant), checked against the current data
+    ``gbr_rule`` / ``gbr_loss`` / ``gbr_weighting`` / ``center_repr`` / ``gbr_options.tag`` ->
+    variant), checked against the current data
     files and ``knowledge_field``. Missing or stale: rebuilt (reasoner training is resumable) when
     ``gbr_build_missing`` is true, else :class:`StaleAugmentationError` with the command to run."""
     dataset = config_get(config, "dataset")
     rule, loss = config_get(config, "gbr_rule", "C"), config_get(config, "gbr_loss", "softmax")
     weighting = config_get(config, "gbr_weighting", "mean")
     center = bool(config_get(config, "center_repr", False))
-    variant = variant_name(rule, loss, weighting, center)
+    tag = (config_get(config, "gbr_options", {}) or {}).get("tag", "")
+    variant = variant_name(rule, loss, weighting, center, tag)
     artifact_dir = config_get(config, "reaseq_artifact_dir", "artifacts")
     npz, mpath = augmentation_paths(dataset, variant, artifact_dir)
     manifest = read_json(mpath)
@@ -302,7 +304,8 @@ def load_augmentation(config) -> Augmentation:
             raise StaleAugmentationError(
                 f"GBR augmentation {npz} cannot be used: {'; '.join(problems)}. Fix: python -m "
                 f"recbole_reaseq.gbr all --dataset {dataset} --rule {rule} --loss {loss} "
-                f"--weighting {weighting}{' --center-repr' if center else ''} --artifact-dir "
+                f"--weighting {weighting}{' --center-repr' if center else ''}"
+                f"{' --tag ' + tag if tag else ''} --artifact-dir "
                 f"{artifact_dir} (or set "
                 f"gbr_build_missing: True).")
     cache_key = (str(npz), manifest["npz_sha256"])

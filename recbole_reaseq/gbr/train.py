@@ -53,6 +53,7 @@ import logging
 import math
 import os
 import platform
+import re
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -82,7 +83,8 @@ LOSS_INDEX = {"softmax": 0, "cosine": 1, "euclidean": 2}     # Table 5: GBR-*-0,
 WEIGHTINGS = ("mean", "inv_t")
 CONTEXTS = ("prefix", "full")
 # settings that never change the weights (the data and representations are fingerprinted)
-_NOT_IN_KEY = ("epochs", "progress", "context", "data_path", "artifact_dir")
+_NOT_IN_KEY = ("epochs", "progress", "context", "data_path", "artifact_dir", "tag")
+_TAG = re.compile(r"[A-Za-z0-9_.]*")
 
 
 @dataclass
@@ -133,10 +135,13 @@ class GBRConfig:
     # inference (augment.py)
     context: str = "prefix"
     progress: bool = True
+    # naming only: a run with other training settings (e.g. a longer schedule) under its own
+    # folder GBR-C-0-<tag>, beside the untagged variant instead of replacing it
+    tag: str = ""
 
     @property
     def variant(self) -> str:
-        return variant_name(self.rule, self.loss, self.weighting, self.center_repr)
+        return variant_name(self.rule, self.loss, self.weighting, self.center_repr, self.tag)
 
     def check(self) -> "GBRConfig":
         """Raise ``ValueError`` naming the field and the fix for any bad setting."""
@@ -175,6 +180,9 @@ class GBRConfig:
             bad("lr", "must be a positive number", "e.g. --lr 1e-3")
         if self.max_len < 2:
             bad("max_len", "must be >= 2", "e.g. 64")
+        if not isinstance(self.tag, str) or not _TAG.fullmatch(self.tag):
+            bad("tag", "is not a folder-safe name", "use letters, digits, '_' or '.', e.g. "
+                "--tag s15")
         if not isinstance(self.knowledge, dict):
             bad("knowledge", "must be a dict of reaseq_knowledge options", "pass {} or a dict")
         return self
@@ -185,13 +193,14 @@ class GBRConfig:
         return {k: v for k, v in asdict(self).items() if k not in _NOT_IN_KEY}
 
 
-def variant_name(rule: str, loss: str, weighting: str = "mean", center: bool = False) -> str:
+def variant_name(rule: str, loss: str, weighting: str = "mean", center: bool = False,
+                 tag: str = "") -> str:
     """Table 5 name: ``GBR-<rule>-<0 softmax | 1 cosine | 2 euclidean>`` (+ ``-invt``; + ``-ctr``
-    on centred item representations)."""
+    on centred item representations; + ``-<tag>`` when a tag names the run)."""
     if loss not in LOSS_INDEX:
         raise ValueError(f"loss {loss!r}: choose one of {', '.join(LOSS_INDEX)}")
     return (f"GBR-{rule}-{LOSS_INDEX[loss]}" + ("-invt" if weighting == "inv_t" else "")
-            + ("-ctr" if center else ""))
+            + ("-ctr" if center else "") + (f"-{tag}" if tag else ""))
 
 
 def variant_root(dataset: str, variant: str, artifact_dir: Optional[str] = None) -> Path:

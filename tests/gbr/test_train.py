@@ -9,6 +9,7 @@ import torch
 
 from recbole_reaseq.data.datasets import file_sha256
 from recbole_reaseq.gbr import __main__ as cli
+from recbole_reaseq.gbr.augment import augment, load_augmentation
 from recbole_reaseq.gbr.train import (GBRConfig, evaluate_ib, prepare, train, variant_name,
                                       variant_root)
 from tests.gbr import single_thread  # noqa: F401  (fixture)
@@ -18,7 +19,7 @@ from .gbr_helpers import artifact_copy, tiny_gbr
 
 @pytest.fixture(scope="module")
 def folders(tiny_root, tmp_path_factory):
-    return {k: artifact_copy(tiny_root, tmp_path_factory, k) for k in ("a", "b", "c")}
+    return {k: artifact_copy(tiny_root, tmp_path_factory, k) for k in ("a", "b", "c", "d")}
 
 
 def _state(cfg):
@@ -32,6 +33,30 @@ def test_variant_names_follow_table5():
     assert variant_name("C", "cosine") == "GBR-C-1"
     assert variant_name("C", "euclidean") == "GBR-C-2"
     assert variant_name("TC", "softmax", "inv_t") == "GBR-TC-0-invt"
+    assert variant_name("C", "softmax", center=True, tag="s15") == "GBR-C-0-ctr-s15"
+
+
+def test_a_tag_names_its_own_folder_and_leaves_the_untagged_run_alone(tiny_root, folders):
+    """A tagged run (here another schedule) trains in GBR-C-0-<tag>; the untagged variant's
+    checkpoint is not touched, and the tag itself is not part of the run key."""
+    plain = tiny_gbr(tiny_root, folders["d"], epochs=1)
+    train(prepare(plain))
+    plain_ckpt = variant_root("tiny", "GBR-C-0", folders["d"]) / "reasoner.pt"
+    before = plain_ckpt.read_bytes()
+    tagged = tiny_gbr(tiny_root, folders["d"], epochs=2, schedule_epochs=4, tag="s4")
+    assert tagged.variant == "GBR-C-0-s4"
+    m = train(prepare(tagged))
+    assert m["status"] == "trained" and m["epochs_done"] == 2
+    assert (variant_root("tiny", "GBR-C-0-s4", folders["d"]) / "reasoner.pt").is_file()
+    assert plain_ckpt.read_bytes() == before
+    augment(prepare(tagged))                                # a RecBole config reads it by tag
+    aug = load_augmentation({"dataset": "tiny", "data_path": tiny_root,
+                             "reaseq_artifact_dir": folders["d"],
+                             "knowledge_field": tagged.knowledge_field,
+                             "gbr_options": {"tag": "s4", "epochs": 2, "schedule_epochs": 4}})
+    assert aug.path.parent.name == "GBR-C-0-s4"
+    same_run = tiny_gbr(tiny_root, folders["d"], epochs=1, tag="renamed")
+    assert same_run.key() == plain.key()
 
 
 def test_resume_trains_only_the_missing_epoch_and_matches_an_uninterrupted_run(tiny_root,
@@ -100,7 +125,8 @@ def test_ib_evaluation_is_deterministic(tiny_root, folders):
 
 @pytest.mark.parametrize("field,value,needle", [
     ("rule", "Q", "rule"), ("loss", "hinge", "loss"), ("weighting", "sqrt", "weighting"),
-    ("epochs", 30, "schedule-epochs"), ("n_heads", 3, "n_heads"), ("context", "x", "context")])
+    ("epochs", 30, "schedule-epochs"), ("n_heads", 3, "n_heads"), ("context", "x", "context"),
+    ("tag", "../x", "tag")])
 def test_bad_settings_name_the_field_and_the_fix(field, value, needle):
     with pytest.raises(ValueError, match=needle) as err:
         GBRConfig(dataset="tiny", **{field: value}).check()
