@@ -157,6 +157,63 @@ def before_resume(events: list[dict], start_epoch: int) -> tuple[list[float], fl
     return train, float(sum(latest.values()))
 
 
+def plan(specs: list[dict]) -> list[dict]:
+    """State and remaining-time estimate of every spec, for ``--list``.
+
+    ``state``: ``done`` (result stored), ``part`` (epochs logged in ``epochs.jsonl``, so it will
+    resume) or ``todo``. ``estimate``: seconds still needed, from the finished runs of the same
+    name and data set (mean ``wall_seconds``, minus the time a partial run already logged, at
+    least 0), else (``by_model``) from those of the same model and data set; ``None`` when
+    neither has finished. A resumed run's ``wall_seconds`` covers its last process only, so
+    estimates from resumed runs are low."""
+    results = {s["run_id"]: stored_result(s) for s in specs}
+    walls = {}
+    for spec in specs:
+        result = results[spec["run_id"]]
+        if result is not None and result.get("wall_seconds") is not None:
+            for key in ((spec["name"], spec["dataset"]), ("model", spec["model"], spec["dataset"])):
+                walls.setdefault(key, []).append(result["wall_seconds"])
+    rows = []
+    for spec in specs:
+        events = read_epoch_log(os.path.join(spec["dir"], "epochs.jsonl"))
+        logged = float(sum(e["seconds"] for e in events))
+        state = ("done" if results[spec["run_id"]] is not None else "part" if events else "todo")
+        same_name = walls.get((spec["name"], spec["dataset"]))
+        known = same_name or walls.get(("model", spec["model"], spec["dataset"]))
+        estimate = None
+        if state != "done" and known:
+            estimate = max(0.0, sum(known) / len(known) - logged)
+        rows.append({"run_id": spec["run_id"], "state": state, "estimate": estimate,
+                     "by_model": estimate is not None and not same_name,
+                     "epochs_logged": len({e["epoch"] for e in events if e["phase"] == "train"})})
+    return rows
+
+
+def format_plan(rows: list[dict]) -> str:
+    """``--list`` output: one line per run, then the total still to run."""
+    lines, total, unknown, left, by_model = [], 0.0, 0, 0, 0
+    for row in rows:
+        line = f"{row['state']}  {row['run_id']}"
+        if row["state"] != "done":
+            left += 1
+            if row["state"] == "part":
+                line += f"  ({row['epochs_logged']} epochs logged)"
+            if row["estimate"] is None:
+                unknown += 1
+                line += "  ~? min"
+            else:
+                total += row["estimate"]
+                by_model += row["by_model"]
+                line += f"  ~{row['estimate'] / 60:.0f} min" + ("*" if row["by_model"] else "")
+        lines.append(line)
+    lines.append(f"{left} runs left, ~{total / 3600:.1f} h of one runner (mean wall time of the "
+                 f"finished runs with the same name and data set"
+                 + (f"; * {by_model} from the same model's other runs" if by_model else "")
+                 + ")" + (f"; {unknown} without an estimate (none of their model finished)"
+                          if unknown else ""))
+    return "\n".join(lines)
+
+
 def save_per_user(path: str, per_user: dict) -> None:
     """Write ``{protocol: {key: array}}`` as ``<protocol>__<key>`` arrays, keeping other arrays
     already in the file (atomic)."""
@@ -257,7 +314,9 @@ def main(argv=None):
     parser.add_argument("suite", help="suite YAML file")
     parser.add_argument("--only", nargs="*", help="run names to run (default: all)")
     parser.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: all)")
-    parser.add_argument("--list", action="store_true", help="list runs and their state")
+    parser.add_argument("--list", action="store_true",
+                        help="list runs, their state (done / part / todo) and the estimated "
+                             "time still needed")
     parser.add_argument("--rescore", action="store_true",
                         help="add missing per-user test metrics of finished runs from their "
                              "checkpoints")
@@ -277,12 +336,12 @@ def main(argv=None):
             print(f"[rescore] {spec['run_id']}: " + (f"added {', '.join(added)}" if added
                                                      else "complete"), flush=True)
         return 0
+    if args.list:
+        print(format_plan(plan(specs)))
+        return 0
     failed = []
     for spec in specs:
         done = stored_result(spec) is not None
-        if args.list:
-            print(f"{'done' if done else 'todo'}  {spec['run_id']}")
-            continue
         if done or (args.only and spec["name"] not in args.only) or (
                 args.seeds and spec["seed"] not in args.seeds):
             continue

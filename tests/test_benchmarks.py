@@ -121,6 +121,44 @@ def test_store_shared_between_suites_and_config_guard(tiny_root, workdir, tmp_pa
         bench.expand(suite)
 
 
+def test_list_states_and_time_estimates(tiny_root, workdir, tmp_path, monkeypatch, capsys):
+    """--list: done / part (epochs logged, will resume) / todo, with the time still needed
+    estimated from finished runs of the same name and data set (hand-computed below)."""
+    monkeypatch.setattr(bench, "HERE", str(tmp_path))
+    suite_file = tmp_path / "suite.yaml"
+    suite = write_suite(suite_file, tiny_root, workdir)
+    suite["seeds"] = [1, 2, 3]
+    suite["runs"].append({"model": "SASRec", "name": "SASRec-long", "protocol": "ranking",
+                          "seeds": [1], "config": {"epochs": 4}})
+    suite_file.write_text(yaml.safe_dump(suite))
+    specs = bench.expand(bench.load_suite(str(suite_file)))
+    by_id = {s["run_id"]: s for s in specs}
+    for seed, wall in ((1, 600.0), (2, 900.0)):                # SASRec seeds 1, 2 finished
+        spec = by_id[f"SASRec__tiny__ranking__seed{seed}"]
+        os.makedirs(spec["dir"])
+        json.dump({"wall_seconds": wall, "spec": {"config": spec["config"]}},
+                  open(os.path.join(spec["dir"], "result.json"), "w"))
+    partial = by_id["SASRec__tiny__ranking__seed3"]["dir"]     # 2 epochs logged, 200 s
+    os.makedirs(partial)
+    with open(os.path.join(partial, "epochs.jsonl"), "w") as f:
+        for epoch, phase, seconds in ((0, "train", 90), (0, "valid", 10), (1, "train", 95),
+                                      (1, "valid", 5)):
+            f.write(json.dumps({"epoch": epoch, "phase": phase, "seconds": seconds}) + "\n")
+        f.write('{"epoch": 2, "pha')                           # cut by a kill: ignored
+    assert bench.main([str(suite_file), "--list"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "done  SASRec__tiny__ranking__seed1",
+        "done  SASRec__tiny__ranking__seed2",
+        "part  SASRec__tiny__ranking__seed3  (2 epochs logged)  ~9 min",   # (750 - 200) / 60
+        "todo  DIN__tiny__ctr__seed1  ~? min",
+        "todo  DIN__tiny__ctr__seed2  ~? min",
+        "todo  DIN__tiny__ctr__seed3  ~? min",
+        "todo  SASRec-long__tiny__ranking__seed1  ~12 min*",               # 750 / 60, by model
+        "5 runs left, ~0.4 h of one runner (mean wall time of the finished runs with the same "
+        "name and data set; * 1 from the same model's other runs); 3 without an estimate (none "
+        "of their model finished)"]
+
+
 KILLER = '''
 """Test helper (imported at start-up through PYTHONPATH): SIGKILL this process at the second
 training batch of the epoch after REASEQ_TEST_KILL_EPOCHS epochs appear in the epoch log."""
