@@ -206,7 +206,8 @@ def format_plan(rows: list[dict]) -> str:
                 by_model += row["by_model"]
                 line += f"  ~{row['estimate'] / 60:.0f} min" + ("*" if row["by_model"] else "")
         lines.append(line)
-    lines.append(f"{left} runs left, ~{total / 3600:.1f} h of one runner (mean wall time of the "
+    hours = "?" if left and unknown == left else f"{total / 3600:.1f}"
+    lines.append(f"{left} runs left, ~{hours} h of one runner (mean wall time of the "
                  f"finished runs with the same name and data set"
                  + (f"; * {by_model} from the same model's other runs" if by_model else "")
                  + ")" + (f"; {unknown} without an estimate (none of their model finished)"
