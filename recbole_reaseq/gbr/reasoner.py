@@ -44,6 +44,12 @@ NOTE: ``euclidean`` is the distance, not its square.
 NOTE: sequences longer than ``max_len`` tokens keep their most recent tokens (left truncation).
 NOTE: the adapter is a 2-layer MLP (Linear-GELU-Linear); the paper only says "lightweight".
 NOTE: dropout defaults to 0.1 (the paper does not give one); pre-LayerNorm blocks as in nanoGPT.
+NOTE: by default (``ReasonerConfig.pack``) the model runs on packed rows: a batch's sequences are
+laid side by side in rows as wide as its longest one, each token keeps its position within its
+own sequence, and attention stays within a sequence (:meth:`BehaviorReasoner.forward_packed`).
+The outputs are those of the padded batch (tested); only the dropout masks fall differently. On
+amazon-beauty 83 % of the padded slots are padding, and a training step is 5.9x faster packed
+(``benchmarks/gbr_packing.py``). ``pack: False`` runs the padded batch.
 """
 from __future__ import annotations
 
@@ -58,6 +64,7 @@ import torch.nn.functional as F
 
 __all__ = ["PAD", "ITEM", "FILL", "MASK", "LOSS_VARIANTS", "ReasonerConfig", "Adapter",
            "SelfAttention", "MLP", "Block", "BehaviorReasoner", "GBRBatch", "build_sequence",
+           "pack_sequences",
            "collate", "sample_mask", "apply_mask", "gbr_loss", "warmup_cosine",
            "make_optimizer", "training_step", "fill_predictions"]
 
@@ -75,6 +82,7 @@ class ReasonerConfig:
     dropout: float = 0.1
     adapter_hidden: Optional[int] = None  # default: d_model
     mlp_ratio: int = 4
+    pack: bool = True              # pack sequences into shared rows (see pack_sequences)
 
 
 # ==================================================================================  modules
@@ -104,11 +112,13 @@ class SelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, key_ok: torch.Tensor) -> torch.Tensor:
+        """key_ok: ``[B, T]`` keys each query may see, or ``[B, T, T]`` per query (packed)."""
         B, T, H = x.shape                                              # [B, T, H]
         q, k, v = self.qkv(x).split(H, dim=2)                          # 3 x [B, T, H]
         shape = (B, T, self.n_heads, H // self.n_heads)
         q, k, v = (z.view(shape).transpose(1, 2) for z in (q, k, v))   # [B, h, T, H/h]
-        mask = key_ok[:, None, None, :]                                # [B, 1, 1, T] True = attend
+        mask = (key_ok[:, None, None, :] if key_ok.dim() == 2          # [B, 1, 1, T] True = attend
+                else key_ok[:, None])                                  # [B, 1, T, T]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=False,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, H)               # [B, T, H]
@@ -181,22 +191,92 @@ class BehaviorReasoner(nn.Module):
     def mask_embedding(self) -> nn.Parameter:
         return self.special
 
+    def embed(self, ids: torch.Tensor, kinds: torch.Tensor,
+              positions: torch.Tensor) -> torch.Tensor:
+        """Input vectors: adapted item representation, or the shared [FILL]/[MASK] embedding,
+        plus the position's embedding; zero content at PAD. ids/kinds/positions [R, T] ->
+        [R, T, H]."""
+        is_item = kinds == ITEM                                        # [R, T]
+        safe_ids = ids.masked_fill(~is_item, 0)                        # [R, T] never read [MASK]
+        items = self.adapter(self.item_repr[safe_ids])                 # [R, T, H]
+        special = self.special.view(1, 1, -1).expand(*ids.shape, -1)   # [R, T, H]
+        x = torch.where(is_item.unsqueeze(-1), items, special)         # [R, T, H]
+        x = x * (kinds != PAD).unsqueeze(-1)                           # [R, T, H] zero padding
+        return self.drop(x + self.pos(positions))                      # [R, T, H]
+
     def forward(self, ids: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """ids/kinds [B, T] (right-padded) -> predictions [B, T, D] (zeros at PAD when packed)."""
         B, T = ids.shape                                               # [B, T]
         if T > self.cfg.max_len:
             raise ValueError(f"{T} tokens > max_len {self.cfg.max_len}")
-        is_item = kinds == ITEM                                        # [B, T]
-        safe_ids = ids.masked_fill(~is_item, 0)                        # [B, T] never read [MASK]
-        items = self.adapter(self.item_repr[safe_ids])                 # [B, T, H]
-        special = self.special.view(1, 1, -1).expand(B, T, -1)         # [B, T, H]
-        x = torch.where(is_item.unsqueeze(-1), items, special)         # [B, T, H]
-        x = x * (kinds != PAD).unsqueeze(-1)                           # [B, T, H] zero padding
-        x = self.drop(x + self.pos(torch.arange(T, device=ids.device)))  # [B, T, H]
+        if self.cfg.pack:
+            return self.forward_packed(ids, kinds)
+        x = self.embed(ids, kinds, torch.arange(T, device=ids.device).expand(B, T))
         key_ok = kinds != PAD                                          # [B, T]
         key_ok = key_ok | ~key_ok.any(dim=1, keepdim=True)             # all-PAD rows: no NaN
         for block in self.blocks:
             x = block(x, key_ok)                                       # [B, T, H]
         return self.head(self.ln_f(x))                                 # [B, T, D]
+
+    def forward_packed(self, ids: torch.Tensor, kinds: torch.Tensor) -> torch.Tensor:
+        """The same function as the padded path, computed on packed rows: the sequences are laid
+        side by side in rows of T slots (:func:`pack_sequences`), each token keeps its position
+        in its own sequence, and attention is restricted to tokens of the same sequence, so
+        every output equals the padded path's (tested); only the dropout masks fall on other
+        slots. A batch's longest sequence sets T for all, so padded rows are mostly padding on
+        short-history data (84 % of the slots on amazon-beauty); packed, the model runs on about
+        the real tokens only."""
+        B, T = ids.shape                                               # [B, T]
+        valid = kinds != PAD                                           # [B, T]
+        lengths = valid.sum(dim=1)                                     # [B]
+        steps = torch.arange(T, device=ids.device)                     # [T]
+        if not torch.equal(valid, steps.view(1, -1) < lengths.view(-1, 1)):
+            raise ValueError("packing needs right-padded sequences (PAD only after the last "
+                             "token); build batches with collate()")
+        row, offset, rows = pack_sequences(lengths.tolist(), T)
+        row, offset = (torch.as_tensor(v, device=ids.device) for v in (row, offset))
+        b_idx, t_idx = valid.nonzero(as_tuple=True)                    # [M] real tokens
+        slot = (row[b_idx] * T + offset[b_idx] + t_idx)                # [M] in [rows * T]
+        seq = torch.full((rows * T,), -1, dtype=torch.long, device=ids.device)
+        seq[slot] = b_idx                                              # sequence of each slot
+        pos = torch.zeros(rows * T, dtype=torch.long, device=ids.device)
+        pos[slot] = t_idx                                              # position in it
+        p_ids = torch.zeros(rows * T, dtype=torch.long, device=ids.device)
+        p_ids[slot] = ids[b_idx, t_idx]
+        p_kinds = torch.full((rows * T,), PAD, dtype=torch.long, device=ids.device)
+        p_kinds[slot] = kinds[b_idx, t_idx]
+        seq = seq.view(rows, T)                                        # [R, T]
+        x = self.embed(p_ids.view(rows, T), p_kinds.view(rows, T), pos.view(rows, T))
+        same = seq.unsqueeze(2) == seq.unsqueeze(1)                    # [R, T, T] (PAD sees PAD)
+        for block in self.blocks:
+            x = block(x, same)                                         # [R, T, H]
+        packed = self.head(self.ln_f(x)).view(rows * T, -1)            # [R * T, D]
+        out = packed.new_zeros(B, T, packed.shape[-1])                 # [B, T, D]
+        out[b_idx, t_idx] = packed[slot]
+        return out
+
+
+def pack_sequences(lengths: Sequence[int], width: int) -> Tuple[list, list, int]:
+    """First-fit decreasing: place sequences of ``lengths`` (each <= ``width``) in rows of
+    ``width`` slots. -> (row [B], offset [B], number of rows); sequence ``b`` occupies slots
+    ``offset[b] .. offset[b] + lengths[b] - 1`` of row ``row[b]``; empty sequences take no slot
+    (row 0, offset 0)."""
+    row, offset, free = [0] * len(lengths), [0] * len(lengths), []     # free[r]: used slots
+    for b in sorted(range(len(lengths)), key=lambda i: -int(lengths[i])):
+        n = int(lengths[b])
+        if n > width:
+            raise ValueError(f"sequence {b} has {n} tokens > row width {width}")
+        if n == 0:
+            continue
+        for r, used in enumerate(free):
+            if used + n <= width:
+                break
+        else:
+            r = len(free)
+            free.append(0)
+        row[b], offset[b] = r, free[r]
+        free[r] += n
+    return row, offset, max(len(free), 1)
 
 
 # ========================================================================  training sequences

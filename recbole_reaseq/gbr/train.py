@@ -83,7 +83,7 @@ LOSS_INDEX = {"softmax": 0, "cosine": 1, "euclidean": 2}     # Table 5: GBR-*-0,
 WEIGHTINGS = ("mean", "inv_t")
 CONTEXTS = ("prefix", "full")
 # settings that never change the weights (the data and representations are fingerprinted)
-_NOT_IN_KEY = ("epochs", "progress", "context", "data_path", "artifact_dir", "tag")
+_NOT_IN_KEY = ("epochs", "progress", "context", "data_path", "artifact_dir", "tag", "pack")
 _TAG = re.compile(r"[A-Za-z0-9_.]*")
 
 
@@ -138,6 +138,8 @@ class GBRConfig:
     # naming only: a run with other training settings (e.g. a longer schedule) under its own
     # folder GBR-C-0-<tag>, beside the untagged variant instead of replacing it
     tag: str = ""
+    # execution only: run the reasoner on packed rows (same function; reasoner.pack_sequences)
+    pack: bool = True
 
     @property
     def variant(self) -> str:
@@ -361,7 +363,7 @@ def build_model(prep: Prepared) -> BehaviorReasoner:
     torch.manual_seed(cfg.seed)
     rcfg = ReasonerConfig(item_dim=int(prep.item_repr.shape[1]), d_model=cfg.d_model,
                           n_layers=cfg.n_layers, n_heads=cfg.n_heads, max_len=cfg.max_len,
-                          dropout=cfg.dropout)
+                          dropout=cfg.dropout, pack=cfg.pack)
     return BehaviorReasoner(rcfg, prep.item_repr)
 
 

@@ -12,7 +12,8 @@ from recbole_reaseq.gbr.metrics import ib_metrics
 from recbole_reaseq.gbr.reasoner import (FILL, ITEM, MASK, PAD, BehaviorReasoner, GBRBatch,
                                          ReasonerConfig, apply_mask, build_sequence, collate,
                                          fill_predictions, gbr_loss, make_optimizer,
-                                         sample_mask, training_step, warmup_cosine)
+                                         pack_sequences, sample_mask, training_step,
+                                         warmup_cosine)
 
 
 def _model(n_items=10, item_dim=6, **kw):
@@ -56,6 +57,44 @@ def test_bidirectional_and_masked_ids_are_never_read():
     assert not torch.allclose(a[0, 0], c[0, 0])                  # an EARLIER output: no causal mask
     d = model(torch.tensor([[1, 2, 3, 4, 8]]), kinds)            # padding is ignored
     assert torch.allclose(a[0, :4], d[0, :4])
+
+
+def test_pack_sequences_first_fit_decreasing_by_hand():
+    # longest first: 5 -> row 0; 4 -> row 1; 3 fits neither (5+3, 4+3 > 6) -> row 2;
+    # 2 -> row 1 after the 4 (4+2 = 6); the empty sequence takes no slot
+    row, offset, rows = pack_sequences([3, 5, 2, 0, 4], 6)
+    assert (row, offset, rows) == ([2, 0, 1, 0, 1], [0, 0, 4, 0, 0], 3)
+    with pytest.raises(ValueError, match="7 tokens > row width 6"):
+        pack_sequences([7], 6)
+
+
+def _varied_batch():
+    """Right-padded batch: lengths 9, 1, 0, 12 (= T, the longest), 4, with FILL and MASK."""
+    gen = torch.Generator().manual_seed(5)
+    lengths, T = [9, 1, 0, 12, 4], 12
+    ids = torch.zeros(len(lengths), T, dtype=torch.long)
+    kinds = torch.full((len(lengths), T), PAD, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        kinds[b, :n] = torch.tensor([ITEM, FILL, MASK])[torch.randint(0, 3, (n,), generator=gen)]
+        ids[b, :n] = torch.randint(1, 10, (n,), generator=gen) * (kinds[b, :n] == ITEM)
+    return ids, kinds
+
+
+def test_packed_forward_equals_padded_forward_values_and_gradients():
+    packed, padded = _model(pack=True), _model(pack=False)
+    padded.load_state_dict(packed.state_dict())
+    ids, kinds = _varied_batch()
+    real = kinds != PAD
+    out_packed, out_padded = packed(ids, kinds), padded(ids, kinds)
+    assert torch.allclose(out_packed[real], out_padded[real], atol=1e-5)
+    assert torch.equal(out_packed[~real], torch.zeros_like(out_packed[~real]))
+    weights = torch.randn_like(out_padded) * real.unsqueeze(-1)
+    grads = [torch.autograd.grad((m(ids, kinds) * weights).sum(), list(m.parameters()))
+             for m in (packed, padded)]
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="right-padded"):
+        packed(ids, torch.roll(kinds, 1, dims=1))
 
 
 def test_build_sequence_and_collate():

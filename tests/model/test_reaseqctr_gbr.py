@@ -269,10 +269,12 @@ def test_context_is_the_observed_length(prepared):
 
 # ---------------------------------------------------------------------------------  training
 def test_gbr_reaseqctr_trains_loss_falls(tiny_root, workdir, artifacts):
+    # 8 epochs: after 5 the fall was 0.83 or 0.86 of the first epoch's loss depending on which
+    # (equally valid) tiny reasoner wrote the fills, too close to the bound below
     result = run("ReaSeqCTR", "tiny", saved=False, config_dict=_config(
-        tiny_root, workdir, artifacts, epochs=5, learning_rate=0.01, **GBR))
+        tiny_root, workdir, artifacts, epochs=8, learning_rate=0.01, **GBR))
     losses = result["train_loss"]
-    assert len(losses) == 5 and all(math.isfinite(x) for x in losses)
+    assert len(losses) == 8 and all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.85 * losses[0] and losses[-1] < losses[1], losses
     for key in ("auc", "gauc", "logloss"):
         assert math.isfinite(result["test_result"][key])
