@@ -14,7 +14,6 @@ data set as RecBole loads it for the baseline model (same data, same remapping).
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import os
 import statistics
@@ -25,6 +24,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
+from benchmarks.common import write_csv  # noqa: E402
 from benchmarks.report import collect, per_user  # noqa: E402
 from benchmarks.run import expand, load_suite  # noqa: E402
 
@@ -112,10 +112,7 @@ def main(argv=None):
     with open(out + ".md", "w", encoding="utf-8") as f:
         f.write(text)
     if rows:
-        with open(out + ".csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(out + ".csv", rows)
     print(text)
 
 

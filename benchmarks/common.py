@@ -1,4 +1,6 @@
 """Helpers shared by the benchmark scripts."""
+import csv
+import os
 import platform
 
 
@@ -12,6 +14,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def write_csv(path: str, rows: list) -> None:
+    """``rows`` (dicts with the same keys) as CSV at ``path``, header from the first row; the
+    folder is created."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def interleaved_training_steps(variants: list, steps: int, warmup: int = 0) -> None:

@@ -13,14 +13,13 @@ DIN, and the padding share of the history cells (after trimming). Writes benchma
     python benchmarks/ctr_speed.py [--dataset amazon-beauty] [--batches 30] [--threads 1]
 """
 import argparse
-import csv
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import cpu_model, interleaved_training_steps  # noqa: E402
+from benchmarks.common import cpu_model, interleaved_training_steps, write_csv  # noqa: E402
 from recbole_reaseq.quick_start import build_model, make_config, prepare_data  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -62,11 +61,7 @@ def main():
                      "ratio_vs_DIN": round(per_batch / din, 2),
                      "padding_share": round(1 - v["real"] / v["cells"], 4)})
     out = os.path.join(HERE, "results", "ctr_speed")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out + ".csv", rows)
     cfg = variants[1]["cfg"]
     with open(out + ".md", "w") as f:
         f.write(f"# Training speed: ReaSeqCTR vs DIN on {args.dataset}\n\n")

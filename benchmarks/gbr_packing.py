@@ -16,7 +16,6 @@ Writes benchmarks/results/gbr_packing.{md,csv}.
 """
 import argparse
 import copy
-import csv
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import cpu_model  # noqa: E402
+from benchmarks.common import cpu_model, write_csv  # noqa: E402
 from recbole_reaseq.gbr.reasoner import (PAD, collate, make_optimizer,  # noqa: E402
                                          pack_sequences, training_step)
 from recbole_reaseq.gbr.train import GBRConfig, _sequences, build_model, prepare  # noqa: E402
@@ -90,11 +89,7 @@ def main(argv=None) -> int:
              "mean_loss": round(sum(runs[name]["losses"]) / args.steps, 4)}
             for name in ("padded", "packed")]
     out = os.path.join(HERE, "results", "gbr_packing")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out + ".csv", rows)
     with open(out + ".md", "w") as f:
         f.write(f"# GBR reasoner training: packed rows vs padded batches ({args.dataset}, "
                 f"{cfg.variant})\n\n")

@@ -11,7 +11,6 @@ Writes benchmarks/results/inference_cost.{md,csv}.
                                         [--repeats 20]
 """
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -20,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import cpu_model  # noqa: E402
+from benchmarks.common import cpu_model, write_csv  # noqa: E402
 from recbole_reaseq.quick_start import make_config  # noqa: E402
 from recbole.data.interaction import Interaction  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
@@ -111,11 +110,7 @@ def main():
                      "single_ms_per_user": round(single_s * 1e3, 4),
                      "single_ratio_vs_sasrec": round(single_s / base_single, 3)})
 
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(args.out + ".csv", rows)
     cfg = base["config"]
     sizes = (f"n_layers {cfg['n_layers']}, n_heads {cfg['n_heads']}, hidden_size "
              f"{cfg['hidden_size']}, inner_size {cfg['inner_size']}")

@@ -7,14 +7,13 @@ the share of padding positions in those batches. Writes benchmarks/results/paddi
     python benchmarks/padding.py [--batches 12] [--dataset amazon-beauty]
 """
 import argparse
-import csv
 import os
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import cpu_model, interleaved_training_steps  # noqa: E402
+from benchmarks.common import cpu_model, interleaved_training_steps, write_csv  # noqa: E402
 from recbole_reaseq.quick_start import build_model, make_config, prepare_data  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -51,11 +50,7 @@ def main():
                      "padding_share": round(1 - v["real"] / v["cells"], 4),
                      "speedup_vs_len50_untrimmed": round(base / per_batch, 2)})
     out = os.path.join(HERE, "results", "padding")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out + ".csv", rows)
     cfg = variants[0]["cfg"]
     with open(out + ".md", "w") as f:
         f.write(f"# Dynamic padding: {args.model} on {args.dataset}\n\n")

@@ -18,7 +18,6 @@ knowledge). Writes benchmarks/results/serving.{md,csv,png}.
     python benchmarks/serving.py [--requests 30] [--threads 1]
 """
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import cpu_model  # noqa: E402
+from benchmarks.common import cpu_model, write_csv  # noqa: E402
 from recbole_reaseq.quick_start import make_config  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -121,11 +120,7 @@ def main():
             print(rows[-1], flush=True)
 
     out = os.path.join(HERE, "results", "serving")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out + ".csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out + ".csv", rows)
     with open(out + ".md", "w") as f:
         f.write("# ReaSeqCTR serving: deduplicated vs naive K/V projection\n\n")
         f.write(f"Command: `python benchmarks/serving.py --requests {args.requests} --threads "
