@@ -26,6 +26,13 @@ def write_csv(path: str, rows: list) -> None:
         writer.writerows(rows)
 
 
+def markdown_table(rows: list) -> str:
+    """``rows`` (dicts with the same keys) as a Markdown table, header from the first row."""
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def interleaved_training_steps(variants: list, steps: int, warmup: int = 0) -> None:
     """Time ``steps`` training steps (forward + backward + optimiser) of every variant, batch by
     batch in turn, so machine load hits all alike. Each variant is a dict with ``model``, ``opt``

@@ -19,7 +19,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import cpu_model, interleaved_training_steps, write_csv  # noqa: E402
+from benchmarks.common import (cpu_model, interleaved_training_steps,  # noqa: E402
+                               markdown_table, write_csv)
 from recbole_reaseq.quick_start import build_model, make_config, prepare_data  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -74,9 +75,7 @@ def main():
                 "training steps per model after 2 warm-up steps, interleaved batch by batch in "
                 "one process; estimated epoch = sec/batch x batches per epoch. Peak memory of "
                 "whole training runs is in the Table 3 report (peak RSS per run).\n\n")
-        f.write("| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n")
-        for row in rows:
-            f.write("| " + " | ".join(str(x) for x in row.values()) + " |\n")
+        f.write(markdown_table(rows))
     print(open(out + ".md").read())
 
 

@@ -24,7 +24,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import cpu_model, write_csv  # noqa: E402
+from benchmarks.common import cpu_model, markdown_table, write_csv  # noqa: E402
 from recbole_reaseq.gbr.reasoner import (PAD, collate, make_optimizer,  # noqa: E402
                                          pack_sequences, training_step)
 from recbole_reaseq.gbr.train import GBRConfig, _sequences, build_model, prepare  # noqa: E402
@@ -103,9 +103,7 @@ def main(argv=None) -> int:
                 "times depend on the load). slot_share_real = real tokens / slots computed. "
                 "Losses differ only through the dropout masks (the two models start equal and "
                 "see the same batches and [MASK] draws).\n\n")
-        f.write("| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n")
-        for row in rows:
-            f.write("| " + " | ".join(str(v) for v in row.values()) + " |\n")
+        f.write(markdown_table(rows))
         f.write("\nConfig: `" + json.dumps({k: v for k, v in vars(cfg).items()
                                             if k not in ("knowledge",)}, default=str) + "`\n")
     print(open(out + ".md").read())

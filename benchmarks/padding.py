@@ -13,7 +13,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import cpu_model, interleaved_training_steps, write_csv  # noqa: E402
+from benchmarks.common import (cpu_model, interleaved_training_steps,  # noqa: E402
+                               markdown_table, write_csv)
 from recbole_reaseq.quick_start import build_model, make_config, prepare_data  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -60,9 +61,7 @@ def main():
                 f"({torch.get_num_threads()} threads); seed {args.seed}; train_batch_size "
                 f"{cfg['train_batch_size']}; {args.batches} training batches per variant (same data, per-variant shuffle), "
                 "interleaved in one process; epoch estimate = sec/batch x batches per epoch.\n\n")
-        f.write("| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n")
-        for row in rows:
-            f.write("| " + " | ".join(str(v) for v in row.values()) + " |\n")
+        f.write(markdown_table(rows))
     print(open(out + ".md").read())
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import cpu_model, write_csv  # noqa: E402
+from benchmarks.common import cpu_model, markdown_table, write_csv  # noqa: E402
 from recbole_reaseq.quick_start import make_config  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -135,9 +135,7 @@ def main():
                 "(GSU + ESU + anchors + MLP, no "
                 "batching across requests); kv_rows = item rows embedded and projected to K/V "
                 "(naive: C x K; dedup: unique retrieved items, mean over requests).\n\n")
-        f.write("| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n")
-        for row in rows:
-            f.write("| " + " | ".join(str(v) for v in row.values()) + " |\n")
+        f.write(markdown_table(rows))
     plot(rows, out + ".png")
     print(open(out + ".md").read())
 

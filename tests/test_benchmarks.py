@@ -240,3 +240,13 @@ def test_kill_mid_epoch_then_rerun_resumes_without_double_counting(tiny_root, wo
     mtime = os.path.getmtime(os.path.join(spec["dir"], "result.json"))
     assert bench.main([str(suite_file)]) == 0                    # finished: not retrained
     assert os.path.getmtime(os.path.join(spec["dir"], "result.json")) == mtime
+
+
+def test_markdown_table_and_csv_helpers(tmp_path):
+    from benchmarks.common import markdown_table, write_csv
+
+    rows = [{"model": "DIN", "ratio": 1.0}, {"model": "ReaSeqCTR", "ratio": 0.59}]
+    assert markdown_table(rows) == ("| model | ratio |\n|---|---|\n| DIN | 1.0 |\n"
+                                    "| ReaSeqCTR | 0.59 |\n")
+    write_csv(str(tmp_path / "sub" / "t.csv"), rows)
+    assert (tmp_path / "sub" / "t.csv").read_bytes() == b"model,ratio\r\nDIN,1.0\r\nReaSeqCTR,0.59\r\n"
