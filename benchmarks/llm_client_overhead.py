@@ -433,7 +433,7 @@ def main() -> int:
         + ", ".join(f"{r['overhead_ms_per_req']:.2f} ms/req at c={r['concurrency']} "
                     f"({100 * r['overhead_vs_server']:.1f} % of server time, "
                     f"{100 * r['overhead_vs_1s_llm']:.2f} % of 1 s)" for r in slow) + ".",
-        f"- Throughput ceiling of one client process ~ 1 / client CPU per request: "
+        "- Throughput ceiling of one client process ~ 1 / client CPU per request: "
         + ", ".join(f"{1000 / r['client_cpu_ms_per_req']:.0f} req/s (delay {r['delay_ms']:g} ms, "
                     f"c={r['concurrency']})" for r in fresh if r['client_cpu_ms_per_req'] > 0)
         + "; with 1 s LLM latency, concurrency c gives at most c req/s, so the client is not the "
