@@ -48,7 +48,7 @@ NOTE: by default (``ReasonerConfig.pack``) the model runs on packed rows: a batc
 laid side by side in rows as wide as its longest one, each token keeps its position within its
 own sequence, and attention stays within a sequence (:meth:`BehaviorReasoner.forward_packed`).
 The outputs are those of the padded batch (tested); only the dropout masks fall differently. On
-amazon-beauty 83 % of the padded slots are padding, and a training step is 5.9x faster packed
+amazon-beauty 83 % of the padded slots are padding, and a training step is 6.1x faster packed
 (``benchmarks/gbr_packing.py``). ``pack: False`` runs the padded batch.
 """
 from __future__ import annotations
