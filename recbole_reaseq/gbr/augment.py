@@ -51,7 +51,7 @@ from recbole_reaseq.data.datasets import file_sha256
 
 from .reasoner import build_sequence, collate, fill_predictions
 from .train import (Prepared, _atomic_write_bytes, _fingerprint, config_from_recbole,
-                    data_fingerprint, load_reasoner, prepare, read_json, train, variant_name,
+                    data_fingerprint, load_reasoner, prepare, read_json, train,
                     variant_root, write_json)
 
 __all__ = ["AUG_VERSION", "Augmentation", "fill_windows", "augment", "augmentation_paths",
@@ -271,14 +271,10 @@ def load_augmentation(config) -> Augmentation:
     variant), checked against the current data
     files and ``knowledge_field``. Missing or stale: rebuilt (reasoner training is resumable) when
     ``gbr_build_missing`` is true, else :class:`StaleAugmentationError` with the command to run."""
-    dataset = config_get(config, "dataset")
-    rule, loss = config_get(config, "gbr_rule", "C"), config_get(config, "gbr_loss", "softmax")
-    weighting = config_get(config, "gbr_weighting", "mean")
-    center = bool(config_get(config, "center_repr", False))
-    tag = (config_get(config, "gbr_options", {}) or {}).get("tag", "")
-    variant = variant_name(rule, loss, weighting, center, tag)
-    artifact_dir = config_get(config, "reaseq_artifact_dir", "artifacts")
-    npz, mpath = augmentation_paths(dataset, variant, artifact_dir)
+    gbr = config_from_recbole(config)                  # the one reading of the gbr_* keys
+    dataset, rule, loss, weighting = gbr.dataset, gbr.rule, gbr.loss, gbr.weighting
+    center, tag, artifact_dir = gbr.center_repr, gbr.tag, gbr.artifact_dir
+    npz, mpath = augmentation_paths(dataset, gbr.variant, artifact_dir)
     manifest = read_json(mpath)
     problems = _fresh(npz, manifest, None)
     if not problems:
@@ -296,7 +292,7 @@ def load_augmentation(config) -> Augmentation:
         if config_get(config, "gbr_build_missing", False):
             logger.warning("GBR augmentation %s: %s; building it (gbr_build_missing)", npz,
                            "; ".join(problems))
-            prep = prepare(config_from_recbole(config))
+            prep = prepare(gbr)
             train(prep)
             augment(prep)
             manifest = read_json(mpath)
