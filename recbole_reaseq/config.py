@@ -87,6 +87,31 @@ def resolve_data_path(dataset: str, explicit: str | None = None) -> str:
         f"Embedded data sets that need no files: {', '.join(EMBEDDED_DATASETS)}.")
 
 
+def time_normalized(config) -> bool:
+    """Whether RecBole rescales the time field (``TIME_FIELD``) to [0, 1] under ``config``: named
+    in ``normalize_field``, or, with no ``normalize_field``, ``normalize_all``. The interaction
+    order then follows the rescaled float32 values
+    (:func:`recbole_reaseq.data.candidates.recbole_time_key`)."""
+    def get(key):
+        try:
+            return config[key]
+        except (KeyError, TypeError):
+            return None
+
+    chosen = get("normalize_field")
+    if chosen:
+        return (get("TIME_FIELD") or "timestamp") in chosen
+    return bool(get("normalize_all"))
+
+
+def default_time_normalized(dataset: str, data_path: str | None = None) -> bool:
+    """:func:`time_normalized` under the defaults for ``dataset`` (RecBole's and ours, no user
+    overrides): for tools run outside a RecBole config, such as ``python -m recbole_reaseq.gbr``."""
+    config = Config(model="DIN", dataset=dataset,
+                    config_dict={"data_path": data_path} if data_path else None)
+    return time_normalized(config)
+
+
 class Config(_RecBoleConfig):
     """RecBole ``Config`` that knows our registry, our properties and our data folders.
 

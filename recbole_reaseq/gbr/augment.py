@@ -278,7 +278,7 @@ def load_augmentation(config) -> Augmentation:
     manifest = read_json(mpath)
     problems = _fresh(npz, manifest, None)
     if not problems:
-        current = data_fingerprint(dataset, config_get(config, "data_path"))
+        current = data_fingerprint(dataset, config_get(config, "data_path"), gbr.normalize_time)
         if manifest["key"]["data"] != current:
             problems.append("the data files changed since it was built")
         field = config_get(config, "knowledge_field", "knowledge_emb")

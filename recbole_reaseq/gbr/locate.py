@@ -59,7 +59,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recbole_reaseq.data.candidates import leave_one_out_positions
+from recbole_reaseq.data.candidates import (leave_one_out_positions, recbole_time_key,
+                                             time_order_note)
 from recbole_reaseq.data.datasets import read_atomic
 
 __all__ = ["RULES", "TABLE5_RULES", "DEFAULT_TIME_PERCENTILE", "MissingFieldError", "SequenceData",
@@ -101,6 +102,7 @@ class SequenceData:
     n_items: int = 0                      # table size incl. padding (max id + 1)
     source: str = "<in memory>"
     missing: Dict[str, str] = field(default_factory=dict)  # field -> how to fix
+    time_order: Dict[str, str] = field(default_factory=dict)  # fingerprint entry of the order
 
     def __len__(self) -> int:
         return len(self.users)
@@ -183,8 +185,16 @@ def category_label(value: Optional[str], level: int, root: Optional[str] = None
 
 
 def load_sequences(dataset: str, data_path: Optional[str] = None,
-                   category_level: Optional[int] = None) -> SequenceData:
+                   category_level: Optional[int] = None,
+                   normalize_time: Optional[bool] = None) -> SequenceData:
     """Time-ordered sequences of every user of ``<dataset>.inter`` with timestamps and categories.
+
+    The order is RecBole's (:func:`recbole_reaseq.data.candidates.recbole_time_key`): a stable
+    sort by the float32 timestamp, rescaled to [0, 1] when ``normalize_time`` (``None``: as the
+    data set's RecBole defaults, :func:`recbole_reaseq.config.default_time_normalized`). Rows
+    whose timestamps tie there keep file order, exactly as in RecBole's histories; the raw
+    timestamps are kept in ``times``. ``time_order`` is the fingerprint entry of that order
+    (:func:`recbole_reaseq.data.candidates.time_order_note`).
 
     ``category_level`` defaults to the data set's primary level
     (:func:`recbole_reaseq.knowledge.items.category_levels`: 2 for Beauty and ml-100k). A missing
@@ -209,9 +219,16 @@ def load_sequences(dataset: str, data_path: Optional[str] = None,
     item_ids = codes + 1                                              # [N] 1..n
     user_codes, user_uniq = _first_appearance_codes(users_raw)
     missing: Dict[str, str] = {}
+    time_order: Dict[str, str] = {}
     if "timestamp" in inter.columns:
+        if normalize_time is None:
+            from recbole_reaseq.config import default_time_normalized
+
+            normalize_time = default_time_normalized(dataset, data_path)
         times = inter["timestamp"].astype(np.float64).to_numpy()
-        order, starts, ends = leave_one_out_positions(user_codes, times)
+        order, starts, ends = leave_one_out_positions(
+            user_codes, recbole_time_key(times, normalize_time))
+        time_order = time_order_note(user_codes, times, normalize_time)
     else:
         times = None
         missing["timestamp"] = (f"{inter_path} has no 'timestamp' column (it has "
@@ -247,7 +264,7 @@ def load_sequences(dataset: str, data_path: Optional[str] = None,
         times=None if times is None else times[order],
         cats=cats, item_tokens=np.r_[np.array(["[PAD]"], dtype=object), uniq.astype(object)],
         category_names=names, n_items=len(uniq) + 1, source=f"{dataset} ({folder})",
-        missing=missing)
+        missing=missing, time_order=time_order)
 
 
 def _first_appearance_codes(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

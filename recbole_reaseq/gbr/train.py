@@ -83,7 +83,9 @@ LOSS_INDEX = {"softmax": 0, "cosine": 1, "euclidean": 2}     # Table 5: GBR-*-0,
 WEIGHTINGS = ("mean", "inv_t")
 CONTEXTS = ("prefix", "full")
 # settings that never change the weights (the data and representations are fingerprinted)
-_NOT_IN_KEY = ("epochs", "progress", "context", "data_path", "artifact_dir", "tag", "pack")
+# normalize_time: the interaction order it gives is in the data fingerprint instead
+_NOT_IN_KEY = ("epochs", "progress", "context", "data_path", "artifact_dir", "tag", "pack",
+               "normalize_time")
 _TAG = re.compile(r"[A-Za-z0-9_.]*")
 
 
@@ -100,6 +102,9 @@ class GBRConfig:
     kappa: Optional[int] = None
     time_percentile: float = 75.0
     category_level: Optional[int] = None
+    # RecBole rescales the timestamps (its order then ties some of them): None = the data set's
+    # RecBole defaults (recbole_reaseq.config.default_time_normalized)
+    normalize_time: Optional[bool] = None
     # frozen item representations
     knowledge_field: str = "knowledge_emb"
     center_repr: bool = False                                   # item_repr.center_rows
@@ -216,8 +221,12 @@ def _fingerprint(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def data_fingerprint(dataset: str, data_path: Optional[str] = None) -> Dict[str, str]:
-    """sha256 of ``<dataset>.inter`` (and ``.item`` when present)."""
+def data_fingerprint(dataset: str, data_path: Optional[str] = None,
+                     normalize_time: Optional[bool] = None,
+                     data: Optional[SequenceData] = None) -> Dict[str, str]:
+    """sha256 of ``<dataset>.inter`` (and ``.item`` when present), plus ``time_order`` where
+    RecBole's interaction order departs from the raw timestamps' (``data.time_order``, see
+    :func:`recbole_reaseq.gbr.locate.load_sequences`; loaded when ``data`` is not given)."""
     from recbole_reaseq.knowledge.items import dataset_folder
 
     folder = dataset_folder(dataset, data_path)
@@ -226,6 +235,9 @@ def data_fingerprint(dataset: str, data_path: Optional[str] = None) -> Dict[str,
         path = os.path.join(folder, f"{dataset}.{suffix}")
         if os.path.isfile(path):
             out[suffix] = file_sha256(path)
+    if data is None:
+        data = load_sequences(dataset, data_path, normalize_time=normalize_time)
+    out.update(data.time_order)
     return out
 
 
@@ -316,7 +328,8 @@ def prepare(cfg: GBRConfig, data: Optional[SequenceData] = None) -> Prepared:
     cfg.check()
     start = time.perf_counter()
     if data is None:
-        data = load_sequences(cfg.dataset, cfg.data_path, cfg.category_level)
+        data = load_sequences(cfg.dataset, cfg.data_path, cfg.category_level,
+                              cfg.normalize_time)
     inputs = build_gbr_inputs(data, cfg.rule, eta=cfg.eta, kappa=cfg.kappa,
                               time_percentile=cfg.time_percentile)
     table, kfp, missing = item_representations(cfg, data)
@@ -338,7 +351,7 @@ def prepare(cfg: GBRConfig, data: Optional[SequenceData] = None) -> Prepared:
                          f"lower --eta.")
     return Prepared(cfg=cfg, data=data, inputs=inputs, item_repr=table,
                     knowledge_fingerprint=kfp, missing_items=missing,
-                    data_fp=data_fingerprint(cfg.dataset, cfg.data_path), train_rows=train_rows,
+                    data_fp=data_fingerprint(cfg.dataset, cfg.data_path, data=data), train_rows=train_rows,
                     holdout_rows=holdout, seconds=time.perf_counter() - start)
 
 
@@ -557,6 +570,8 @@ def config_from_recbole(config) -> GBRConfig:
             value = None
         return default if value is None else value
 
+    from recbole_reaseq.config import time_normalized
+
     options = dict(get("gbr_options", {}) or {})
     names = {f.name for f in dataclasses.fields(GBRConfig)}
     unknown = sorted(set(options) - names)
@@ -571,6 +586,6 @@ def config_from_recbole(config) -> GBRConfig:
               center_repr=bool(get("center_repr", False)),
               rule=get("gbr_rule", "C"), loss=get("gbr_loss", "softmax"),
               weighting=get("gbr_weighting", "mean"), context=get("gbr_context", "prefix"),
-              progress=False)
+              normalize_time=time_normalized(config), progress=False)
     kw.update(options)
     return GBRConfig(**kw).check()

@@ -52,6 +52,8 @@ import numpy as np
 import torch
 from recbole.data.interaction import Interaction
 
+from recbole_reaseq.config import time_normalized
+
 from .augment import config_get, load_augmentation
 
 __all__ = ["GBRAugment", "MODES", "FIELDS"]
@@ -98,6 +100,7 @@ class GBRAugment:
         self.len_field = config["ITEM_LIST_LENGTH_FIELD"]
         self.attach = bool(config_get(config, "gbr_attach_vectors", False))
         self.dataset_name = config["dataset"]
+        self.normalize_time = time_normalized(config)      # RecBole's order of tied timestamps
         self.data_path = config_get(config, "data_path")
         self.aug = augmentation if augmentation is not None else load_augmentation(config)
         self.table = torch.from_numpy(np.concatenate(
@@ -111,7 +114,8 @@ class GBRAugment:
     def _build(self, dataset) -> None:
         from .locate import load_sequences
 
-        data = load_sequences(self.dataset_name, self.data_path)
+        data = load_sequences(self.dataset_name, self.data_path,
+                              normalize_time=self.normalize_time)
         tok2id = dataset.field2token_id
         item_map, user_map = tok2id[self.iid_field], tok2id[self.uid_field]
         aug = self.aug

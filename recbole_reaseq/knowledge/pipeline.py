@@ -810,19 +810,25 @@ def quantize(dataset: str, levels: int = 3, codes: int = 256, *, data_path: Opti
 
 
 # =====================================================================================  evaluate
-def leave_one_out(dataset: str, data_path: Optional[str] = None
-                  ) -> Tuple[List[List[str]], List[str]]:
+def leave_one_out(dataset: str, data_path: Optional[str] = None,
+                  normalize_time: Optional[bool] = None) -> Tuple[List[List[str]], List[str]]:
     """Per user (in order of first appearance): ``(history item ids, target item id)``.
 
-    Rows of a user are sorted by timestamp with a *stable* sort (same-day ties keep file order,
-    as RecBole's ``order: TO`` split does); the last is the target, all earlier ones the history.
+    Rows of a user are in RecBole's ``order: TO`` order: a *stable* sort by RecBole's float32
+    time key (:func:`recbole_reaseq.data.candidates.recbole_time_key`; rescaled when
+    ``normalize_time``, ``None``: as the data set's RecBole defaults), so ties keep file order;
+    the last is the target, all earlier ones the history.
     """
-    from recbole_reaseq.data.candidates import leave_one_out_positions
+    from recbole_reaseq.config import default_time_normalized
+    from recbole_reaseq.data.candidates import leave_one_out_positions, recbole_time_key
 
     path = atomic_path(dataset, "inter", data_path)
     df = read_atomic(path, ["user_id", "item_id", "timestamp"])
     users = pd.factorize(df["user_id"])[0]             # codes in order of first appearance
-    order, starts, ends = leave_one_out_positions(users, df["timestamp"].astype(float).to_numpy())
+    if normalize_time is None:
+        normalize_time = default_time_normalized(dataset, data_path)
+    key = recbole_time_key(df["timestamp"].astype(float).to_numpy(), normalize_time)
+    order, starts, ends = leave_one_out_positions(users, key)
     items = df["item_id"].to_numpy()[order]
     histories = [items[s:e - 1].tolist() for s, e in zip(starts, ends)]
     targets = [items[e - 1] for e in ends]

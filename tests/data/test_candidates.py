@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from recbole_reaseq.config import default_time_normalized, time_normalized
 from recbole_reaseq.data.candidates import (candidate_file, cold_threshold,
                                             leave_one_out_positions, load_or_build_candidates,
-                                            sample_negatives)
+                                            recbole_time_key, sample_negatives, time_order_note)
 from recbole_reaseq.quick_start import make_config, prepare_data
 from tests.conftest import BEAUTY, needs_beauty, tiny_config
 
@@ -18,6 +19,33 @@ def test_leave_one_out_stable_ties():
     order, starts, ends = leave_one_out_positions(uids, times)
     assert order.tolist() == [3, 1, 5, 4, 0, 2]
     assert starts.tolist() == [0, 3] and ends.tolist() == [3, 6]
+
+
+def test_recbole_time_key_ties_distinct_timestamps_like_recbole():
+    # (t - 0) / 2e9 in float64, then float32: 1e9 and 1e9 + 1 both become exactly 0.5
+    times = np.array([2e9, 1e9 + 1, 0.0, 1e9])
+    key = recbole_time_key(times, normalize=True)
+    assert key.dtype == np.float32 and key.tolist() == [1.0, 0.5, 0.0, 0.5]
+    uids = np.zeros(4, dtype=np.int64)
+    assert leave_one_out_positions(uids, key)[0].tolist() == [2, 1, 3, 0]     # tie: file order
+    assert leave_one_out_positions(uids, times)[0].tolist() == [2, 3, 1, 0]   # raw order
+    assert time_order_note(uids, times, True) == {"time_order": "recbole-float32-normalized"}
+    # unnormalised: float32 spacing is 128 s around 1e9, so 1e9 and 1e9 + 1 tie as well
+    assert recbole_time_key(times, normalize=False).tolist() == [2e9, 1e9, 0.0, 1e9]
+    assert time_order_note(uids, times, False) == {"time_order": "recbole-float32"}
+    # day-resolution timestamps (amazon-beauty) are exact in float32: same order, no entry
+    days = np.array([1.3e9 + 86400 * d for d in (3, 1, 2, 1)])
+    assert time_order_note(uids, days, False) == {} and time_order_note(uids, days, True) == {}
+    assert recbole_time_key(np.array([5.0, 5.0]), normalize=True).tolist() == [1.0, 1.0]
+
+
+def test_time_normalized_reads_normalize_field_then_normalize_all():
+    assert time_normalized({"normalize_all": True}) is True
+    assert time_normalized({"normalize_all": None}) is False
+    assert time_normalized({"normalize_field": ["rating"], "normalize_all": True,
+                            "TIME_FIELD": "timestamp"}) is False
+    assert time_normalized({"normalize_field": ["timestamp"], "TIME_FIELD": "timestamp"}) is True
+    assert default_time_normalized("ml-100k") is True      # RecBole's own ml-100k.yaml
 
 
 @pytest.mark.parametrize("lengths,fraction,expected", [

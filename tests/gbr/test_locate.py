@@ -142,6 +142,43 @@ def test_ml100k_category_is_the_first_genre():
     assert data.times is not None and len(data) == 943
 
 
+def test_ml100k_sequences_follow_recbole_history_order(monkeypatch):
+    # RecBole normalises ml-100k's timestamps to float32 in [0, 1], where 164 distinct timestamps
+    # tie and keep file order; every RecBole history window and target must be GBR's sequence
+    from recbole.data import create_dataset
+    from recbole_reaseq.config import Config
+    from recbole_reaseq.gbr import locate
+
+    config = Config(model="DIN", dataset="ml-100k", argv=[])
+    ds = create_dataset(config)
+    ds._change_feat_format()                # SequentialDataset: one (window, target) row each
+    feat, max_len = ds.inter_feat, config["MAX_ITEM_LIST_LENGTH"]
+    users = ds.id2token(ds.uid_field, feat[ds.uid_field].numpy())
+    targets = ds.id2token(ds.iid_field, feat[ds.iid_field].numpy())
+    windows, lengths = feat["item_id_list"].numpy(), feat["item_length"].numpy()
+    assert len(feat) == 100000 - 943
+
+    def mismatched_rows(data):
+        seqs = {str(u): data.item_tokens[data.sequence(k)].astype(str)
+                for k, u in enumerate(data.users)}
+        position, bad = {}, 0
+        for row in range(len(feat)):
+            user = str(users[row])
+            j = position[user] = position.get(user, 0) + 1          # the row's target index
+            window = ds.id2token(ds.iid_field, windows[row, :lengths[row]]).astype(str)
+            seq = seqs[user]
+            bad += bool(seq[j] != targets[row]
+                        or window.tolist() != seq[max(0, j - max_len):j].tolist())
+        return bad
+
+    data = load_sequences("ml-100k")
+    assert data.time_order == {"time_order": "recbole-float32-normalized"}
+    assert mismatched_rows(data) == 0
+    # the raw timestamps' order (GBR's before) disagrees with RecBole's histories
+    monkeypatch.setattr(locate, "recbole_time_key", lambda times, normalize: times)
+    assert mismatched_rows(load_sequences("ml-100k")) > 0
+
+
 # ===========================================================================  Swing
 # users (item SETS): u1 {1,2,3} (1 repeated), u2 {1,2}, u3 {2,3}, u4 {1,2,3}; item 4 unused
 SWING_SEQS = [np.array([1, 2, 1, 3]), np.array([1, 2]), np.array([2, 3]), np.array([3, 2, 1])]
