@@ -74,6 +74,10 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-len", dest="max_len", type=int, default=d.max_len)
     g.add_argument("--eval-batch-size", dest="eval_batch_size", type=int,
                    default=d.eval_batch_size, help="fixed IB-metric batch (B-1 negatives)")
+    g.add_argument("--no-pack", dest="pack", action="store_false",
+                   help="run the reasoner on padded batches instead of packed rows (the same "
+                        "function, another dropout layout: reproduces reasoners trained before "
+                        "packing; not part of the run key)")
     g.add_argument("--context", default=d.context, help="augment: prefix or full")
     g.add_argument("--tag", default=d.tag,
                    help="name suffix of the artefact folder (GBR-C-0-<tag>), e.g. for a "
@@ -141,7 +145,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             schedule_epochs=args.schedule_epochs, batch_size=args.batch_size, lr=args.lr,
             seed=args.seed, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
             max_len=args.max_len, eval_batch_size=args.eval_batch_size, context=args.context,
-            progress=not args.quiet, tag=args.tag).check()
+            progress=not args.quiet, tag=args.tag, pack=args.pack).check()
         prep = prepare(cfg)
         print(report_location(prep.inputs.stats), flush=True)
         if args.command in ("train", "all"):

@@ -144,3 +144,9 @@ def test_cli_reports_and_bad_input(tiny_root, folders, capsys):
     assert "rule='Q'" in err and "Fix:" in err
     assert cli.main(["augment"] + base + ["--d-model", "8", "--n-heads", "2"]) == 2
     assert "no finished, up-to-date reasoner" in capsys.readouterr().err
+
+
+def test_cli_no_pack_flag():
+    parse = cli.make_parser().parse_args
+    assert parse(["train", "--dataset", "tiny"]).pack is True
+    assert parse(["train", "--dataset", "tiny", "--no-pack"]).pack is False
