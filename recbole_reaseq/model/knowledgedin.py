@@ -27,16 +27,23 @@ it cannot take shorter batches. KnowledgeDIN re-pads shorter (``trim_padding``) 
 width with padding items, which leaves its output unchanged (and saves nothing).
 NOTE: the frozen knowledge matrix is a persistent buffer, so a checkpoint reproduces its
 predictions even if the artefacts are rebuilt later.
+
+Implementation: DIN's own ``forward`` runs unchanged; its ``embedding_layer`` is wrapped in
+:class:`recbole_reaseq.model.layers.KnowledgeFeatureEmbedding`, which adds ``W k(i)`` to the item
+features it returns. RecBole's DIN pickles ``embedding_layer`` into every checkpoint
+(``other_parameter``) and sets it back on load, which would drop the wrapper; KnowledgeDIN pickles
+and restores the wrapped RecBole layer instead. Checkpoints written before the wrapper
+(``knowledge_emb``, ``knowledge_proj.weight`` and ``embedding_layer.*`` at the top level) load
+unchanged (their keys are renamed on load; tested).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.init import zeros_
-
 from recbole_reaseq import compat
 from recbole_reaseq.model.item_repr import load_item_representations
+from recbole_reaseq.model.layers import KnowledgeFeatureEmbedding
 
 # importing RecBole's sequential package runs sine.py, which switches autograd anomaly mode on
 DIN = compat.import_recbole_module("recbole.model.sequential_recommender.din").DIN
@@ -52,48 +59,45 @@ class KnowledgeDIN(DIN):
         self.knowledge_field = config["knowledge_field"] or "knowledge_emb"
         reprs = load_item_representations(config, dataset, knowledge=True, sid=False,
                                           knowledge_field=self.knowledge_field)
-        self.register_buffer("knowledge_emb", reprs.knowledge_emb)          # [n_items, D]
 
         # define layers: DIN's item feature width is att_list[0] / 4 (4 * F * d)
         self.item_width = self.att_list[0] // 4
-        self.knowledge_proj = nn.Linear(reprs.knowledge_emb.shape[1], self.item_width, bias=False)
+        self.embedding_layer = KnowledgeFeatureEmbedding(
+            self.embedding_layer, reprs.knowledge_emb,                       # [n_items, D]
+            n_fields=self.item_width // self.embedding_size, embedding_size=self.embedding_size)
+        self._register_load_state_dict_pre_hook(_rename_old_keys)
 
-        # parameters initialization (DIN's init ran in super().__init__)
-        zeros_(self.knowledge_proj.weight.data)
+        # parameters initialization: DIN's ran in super().__init__; the projection starts at zero
+
+    @property
+    def knowledge_emb(self) -> torch.Tensor:
+        return self.embedding_layer.knowledge_emb                            # [n_items, D]
+
+    @property
+    def knowledge_proj(self) -> nn.Linear:
+        return self.embedding_layer.knowledge_proj
 
     def forward(self, user, item_seq, item_seq_len, next_items):
         if item_seq.shape[1] < self.max_seq_length:                     # trim_padding batches
             item_seq = F.pad(item_seq, (0, self.max_seq_length - item_seq.shape[1]))
-        max_length = item_seq.shape[1]
-        # concatenate the history item seq with the target item to get embedding together
-        item_seq_next_item = torch.cat((item_seq, next_items.unsqueeze(1)), dim=-1)  # [B, L+1]
-        sparse_embedding, dense_embedding = self.embedding_layer(user, item_seq_next_item)
-        feature_table = {}
-        for type in self.types:
-            feature_table[type] = []
-            if sparse_embedding[type] is not None:
-                feature_table[type].append(sparse_embedding[type])
-            if dense_embedding[type] is not None:
-                feature_table[type].append(dense_embedding[type])
-            feature_table[type] = torch.cat(feature_table[type], dim=-2)
-            table_shape = feature_table[type].shape
-            feat_num, embedding_size = table_shape[-2], table_shape[-1]
-            feature_table[type] = feature_table[type].view(
-                table_shape[:-2] + (feat_num * embedding_size,))
+        return super().forward(user, item_seq, item_seq_len, next_items)   # [B]
 
-        # the knowledge: [B, L+1, F*d] += W k(item)
-        item_table = feature_table["item"] + self.knowledge_proj(
-            self.knowledge_emb[item_seq_next_item])
-        item_feat_list, target_item_feat_emb = item_table.split([max_length, 1], dim=1)
-        target_item_feat_emb = target_item_feat_emb.squeeze(1)             # [B, F*d]
+    def other_parameter(self):
+        return {"embedding_layer": self.embedding_layer.layer}
 
-        # attention
-        user_emb = self.attention(target_item_feat_emb, item_feat_list, item_seq_len)
-        user_emb = user_emb.squeeze(1)                                     # [B, F*d]
+    def load_other_parameter(self, para):
+        if para and "embedding_layer" in para:
+            self.embedding_layer.layer = para["embedding_layer"]
 
-        # input the DNN to get the prediction score
-        din_in = torch.cat([user_emb, target_item_feat_emb, user_emb * target_item_feat_emb],
-                           dim=-1)
-        din_out = self.dnn_mlp_layers(din_in)
-        preds = self.dnn_predict_layers(din_out)
-        return preds.squeeze(1)
+
+def _rename_old_keys(state_dict, prefix, *args) -> None:
+    """Keys of checkpoints written before the wrapper, renamed in place to the wrapper's."""
+    moved = {"knowledge_emb": "embedding_layer.knowledge_emb",
+             "knowledge_proj.weight": "embedding_layer.knowledge_proj.weight"}
+    for old, new in moved.items():
+        if prefix + old in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)
+    layer, wrapped = prefix + "embedding_layer.", prefix + "embedding_layer.layer."
+    own = (prefix + "embedding_layer.knowledge_", wrapped)
+    for key in [k for k in state_dict if k.startswith(layer) and not k.startswith(own)]:
+        state_dict[wrapped + key[len(layer):]] = state_dict.pop(key)

@@ -383,3 +383,46 @@ class KnowledgeItemEmbedding(nn.Module):
 
 
 __all__ += ["knowledge_item_table", "KnowledgeItemEmbedding"]
+
+
+class KnowledgeFeatureEmbedding(nn.Module):
+    """A RecBole ``ContextSeqEmbLayer`` whose item features gain a projected frozen knowledge vector.
+
+    ``forward(user, items)`` returns what ``layer`` returns, ``(sparse, dense)`` dicts of
+    ``[..., fields, d]`` tables by ``"user"`` / ``"item"``, with ``W k(item)`` (``[F * d]``, viewed
+    as ``[F, d]``) added to the item fields: the first rows to the sparse fields, the rest to the
+    dense ones, the order in which RecBole's DIN concatenates and flattens them. So a model
+    that reads the layer, like DIN, sees ``e(i) + W k(i)`` for every item feature vector ``e(i)``.
+
+    ``knowledge`` is the frozen ``[N, D]`` table, kept as it is in the persistent buffer
+    ``knowledge_emb``; ``W`` = ``knowledge_proj``, ``Linear(D, F * d, bias=False)``, zeroed after a
+    default initialisation, so the module starts as ``layer`` alone. Without a bias, an item with a
+    zero knowledge row (the padding item 0) keeps ``layer``'s features exactly.
+    """
+
+    def __init__(self, layer: nn.Module, knowledge: torch.Tensor, n_fields: int,
+                 embedding_size: int):
+        super().__init__()
+        self.layer = layer
+        self.n_fields, self.embedding_size = n_fields, embedding_size
+        self.register_buffer("knowledge_emb", knowledge)                   # [N, D]
+        self.knowledge_proj = nn.Linear(knowledge.shape[1], n_fields * embedding_size, bias=False)
+        nn.init.zeros_(self.knowledge_proj.weight)
+
+    def forward(self, user: torch.Tensor, items: torch.Tensor):
+        sparse, dense = self.layer(user, items)
+        shift = self.knowledge_proj(self.knowledge_emb[items])              # [B, L, F*d]
+        shift = shift.unflatten(-1, (self.n_fields, self.embedding_size))   # [B, L, F, d]
+        n_sparse = 0 if sparse["item"] is None else sparse["item"].shape[-2]
+        n_dense = 0 if dense["item"] is None else dense["item"].shape[-2]
+        if n_sparse + n_dense != self.n_fields:
+            raise ValueError(f"the item features have {n_sparse} sparse + {n_dense} dense fields, "
+                             f"the knowledge projection was built for {self.n_fields}")
+        if n_sparse:
+            sparse = dict(sparse, item=sparse["item"] + shift[..., :n_sparse, :])
+        if n_dense:
+            dense = dict(dense, item=dense["item"] + shift[..., n_sparse:, :])
+        return sparse, dense
+
+
+__all__ += ["KnowledgeFeatureEmbedding"]

@@ -68,6 +68,54 @@ def test_starts_as_din_and_knowledge_projection_gets_gradient(prepared):
         assert not torch.allclose(model.eval().predict(batch), din.predict(batch))
 
 
+def test_knowledge_equals_a_shift_of_dins_item_id_embedding(prepared):
+    # a second implementation: with W non-zero on the item_id field's block only, KnowledgeDIN is
+    # RecBole's DIN whose item_id embedding row i was moved by that block's W k(i)
+    config, dataset, train = prepared[0], prepared[1], prepared[2]
+    model = build_model(config, train).eval()
+    layer, d = model.embedding_layer.layer, model.embedding_size
+    field = layer.token_field_names["item"].index(dataset.iid_field)
+    block = torch.randn(d, model.knowledge_emb.shape[1],
+                        generator=torch.Generator().manual_seed(0))        # [d, D]
+    with torch.no_grad():
+        model.knowledge_proj.weight[field * d:(field + 1) * d] = block
+    din = registry.get_model("DIN")(config, dataset).eval()
+    din.load_state_dict({k.replace("embedding_layer.layer.", "embedding_layer."): v
+                         for k, v in model.state_dict().items()
+                         if not k.startswith("embedding_layer.knowledge_")})
+    offset = int(layer.token_field_offsets["item"][field])
+    batch = next(iter(train))
+    with torch.no_grad():
+        assert not torch.allclose(model.predict(batch), din.predict(batch), atol=1e-3)  # W counts
+        table = din.embedding_layer.token_embedding_table["item"].embedding.weight
+        table[offset:offset + dataset.item_num] += model.knowledge_emb @ block.T
+        assert torch.allclose(model.predict(batch), din.predict(batch), atol=1e-5)
+
+
+def test_checkpoint_written_before_the_wrapper_loads_unchanged(prepared):
+    # the layout of checkpoints written while KnowledgeDIN kept its own forward: knowledge_emb
+    # and knowledge_proj.weight at the top, RecBole's layer as embedding_layer (also pickled)
+    config, train, test = prepared[0], prepared[2], prepared[4]
+    model = build_model(config, train).eval()
+    with torch.no_grad():
+        model.knowledge_proj.weight.normal_(generator=torch.Generator().manual_seed(1))
+    old = {}
+    for key, value in model.state_dict().items():
+        key = key.replace("embedding_layer.knowledge_", "knowledge_")
+        old[key.replace("embedding_layer.layer.", "embedding_layer.")] = value
+    assert "knowledge_proj.weight" in old and "embedding_layer.token_embedding_table.item." \
+        "embedding.weight" in old
+    fresh = build_model(config, train).eval()
+    fresh.load_state_dict(old)                                            # strict
+    fresh.load_other_parameter({"embedding_layer": model.embedding_layer.layer})
+    assert isinstance(fresh.embedding_layer.layer, type(model.embedding_layer.layer))
+    assert set(model.other_parameter()) == {"embedding_layer"}
+    assert model.other_parameter()["embedding_layer"] is model.embedding_layer.layer
+    batch = next(iter(test))[0]
+    with torch.no_grad():
+        assert torch.equal(fresh.predict(batch), model.predict(batch))
+
+
 def test_trimmed_batches_give_the_same_predictions(prepared):
     config, dataset, train, _valid, test = prepared
     model = build_model(config, train).eval()
