@@ -29,8 +29,9 @@ Steps (each one a function and a CLI sub-command, ``python -m recbole_reaseq.kno
   codes are in ``sid_codes.npy`` (int64 ``[N, L+1]``, ids in ``sid_codes.ids.json``), the model
   in ``rqvae.pt``. In RecBole, ``dataset.get_preload_weight('iid_sid').astype(int)`` is the
   ``[n_items, L+1]`` code matrix in internal id order.
-* :func:`evaluate`: time-ordered leave-one-out split of ``<dataset>.inter`` (per user, stable sort
-  by timestamp so same-day ties keep file order; last item = target, the rest = history) ->
+* :func:`evaluate`: time-ordered leave-one-out split of ``<dataset>.inter`` (per user, RecBole's
+  order: a stable sort by its float32 time key, so ties keep file order; last item = target, the
+  rest = history) ->
   :func:`.evaluate.hr_at_k` for title-only, demand-only, attribute-only and summed knowledge
   embeddings (and optionally the ID embeddings of a trained SASRec checkpoint) -> Markdown + CSV
   ``benchmarks/results/representations_<dataset>.{md,csv}``.
@@ -1026,9 +1027,10 @@ def evaluate(dataset: str, *, ks: Sequence[int] = DEFAULT_KS, data_path: Optiona
                 f"History-neighbour retrieval: for each user, the k cosine neighbours of every "
                 f"history item (all items except the query) are pooled; HR@k = share of users "
                 f"whose held-out target is among them, MacroRecall@k = the same averaged per "
-                f"distinct target item. Split: time-ordered leave-one-out (stable sort by "
-                f"timestamp, same-day ties keep file order; last item = target, all earlier = "
-                f"history). Search: {search} on L2-normalised vectors.\n{caveat}\n"
+                f"distinct target item. Split: time-ordered leave-one-out in RecBole's order "
+                f"(stable sort by RecBole's float32 timestamp, normalised where its config "
+                f"says so; ties keep file order; last item = target, all earlier = history). "
+                f"Search: {search} on L2-normalised vectors.\n{caveat}\n"
                 f"- knowledge backend: {backend_name}\n- text encoder: {encoder_name}\n"
                 f"- items: {len(ids)}, users: {len(targets)}\n"
                 f"- versions: recbole_reaseq {versions['recbole_reaseq']}, torch "
