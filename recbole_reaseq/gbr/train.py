@@ -351,8 +351,9 @@ def prepare(cfg: GBRConfig, data: Optional[SequenceData] = None) -> Prepared:
                          f"lower --eta.")
     return Prepared(cfg=cfg, data=data, inputs=inputs, item_repr=table,
                     knowledge_fingerprint=kfp, missing_items=missing,
-                    data_fp=data_fingerprint(cfg.dataset, cfg.data_path, data=data), train_rows=train_rows,
-                    holdout_rows=holdout, seconds=time.perf_counter() - start)
+                    data_fp=data_fingerprint(cfg.dataset, cfg.data_path, data=data),
+                    train_rows=train_rows, holdout_rows=holdout,
+                    seconds=time.perf_counter() - start)
 
 
 def _sequences(prep: Prepared, rows: Sequence[int]):

@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from recbole_reaseq import compat
 from recbole_reaseq.model.item_repr import load_item_representations
 from recbole_reaseq.model.layers import KnowledgeFeatureEmbedding

@@ -386,7 +386,8 @@ __all__ += ["knowledge_item_table", "KnowledgeItemEmbedding"]
 
 
 class KnowledgeFeatureEmbedding(nn.Module):
-    """A RecBole ``ContextSeqEmbLayer`` whose item features gain a projected frozen knowledge vector.
+    """A RecBole ``ContextSeqEmbLayer`` whose item features gain a projected frozen knowledge
+    vector.
 
     ``forward(user, items)`` returns what ``layer`` returns, ``(sparse, dense)`` dicts of
     ``[..., fields, d]`` tables by ``"user"`` / ``"item"``, with ``W k(item)`` (``[F * d]``, viewed
