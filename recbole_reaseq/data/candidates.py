@@ -45,9 +45,10 @@ def recbole_time_key(times: np.ndarray, normalize: bool) -> np.ndarray:
     RecBole reads a ``timestamp:float`` column as float64, rescales it to
     ``(t - min) / (max - min)`` when its config normalises the field
     (:func:`recbole_reaseq.config.time_normalized`; RecBole's own ml-100k defaults do), and stores
-    it as float32 before sorting. Distinct timestamps can therefore tie (ml-100k, normalised: 164 of its 49,282 distinct timestamps), and tied rows keep
-    file order. Sorting by this key reproduces RecBole's order exactly, on unfiltered data (the
-    min and max are taken over the rows given; RecBole takes them after its filters).
+    it as float32 before sorting. Distinct timestamps can therefore tie (ml-100k, normalised: 164
+    of its 49,282 distinct timestamps), and tied rows keep file order. Sorting by this key
+    reproduces RecBole's order exactly, on unfiltered data (the min and max are taken over the
+    rows given; RecBole takes them after its filters).
     """
     t = np.asarray(times, dtype=np.float64)                          # [N]
     if normalize and len(t):
