@@ -109,6 +109,17 @@ def fmt_p(p: float) -> str:
     return "–" if p != p else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
 
+def mixed_tables(runs: list[dict]) -> list[str]:
+    """Frozen tables (``frozen_tables`` of the results, see
+    :func:`recbole_reaseq.quick_start.frozen_table_fingerprints`) that differ between the seeds
+    of one row; results without the record (older runs) are not compared."""
+    seen: dict = {}
+    for run in runs:
+        for name, digest in (run["result"].get("frozen_tables") or {}).items():
+            seen.setdefault(name, set()).add(digest)
+    return sorted(name for name, digests in seen.items() if len(digests) > 1)
+
+
 def render(suite: dict, table: dict) -> tuple[str, list[dict]]:
     lines = [f"# {suite['suite']}", "", suite.get("description", "").strip(), ""]
     rows = []
@@ -122,8 +133,10 @@ def render(suite: dict, table: dict) -> tuple[str, list[dict]]:
                   "| model | seeds | " + " | ".join(metrics)
                   + " | epochs | s/epoch | train s | peak MiB |",
                   "|---|---|" + "---|" * len(metrics) + "---|---|---|---|"]
+        mixed = {}
         for name, runs in models.items():
             first = first or runs[0]["result"]
+            mixed[name] = mixed_tables(runs)
             values = {m: [r["test"][m] for r in runs if m in r["test"]] for m in metrics}
             epochs = [r["result"]["epochs_trained"] + r["result"].get("start_epoch", 0)
                       for r in runs]
@@ -133,7 +146,8 @@ def render(suite: dict, table: dict) -> tuple[str, list[dict]]:
             mem = [r["result"]["peak_rss_mb"] for r in runs]
             cells = [mean_std(values[m]) + (marker(tests[name]) if m == marked and name in tests
                                             else "") for m in metrics]
-            lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells)
+            lines.append(f"| {name}{' †' if mixed[name] else ''} | {len(runs)} | "
+                         + " | ".join(cells)
                          + f" | {statistics.mean(epochs):.0f} | "
                          + (f"{statistics.mean(sec):.1f}" if sec else "–")
                          + f" | {statistics.mean(fit):.0f} | {max(mem):.0f} |")
@@ -147,6 +161,12 @@ def render(suite: dict, table: dict) -> tuple[str, list[dict]]:
                              "peak_rss_mb": r["result"]["peak_rss_mb"],
                              "git_commit": r["result"]["git_commit"]})
         lines.append("")
+        for name, tables in mixed.items():
+            if tables:
+                lines.append(f"† {name}: its seeds read different frozen tables "
+                             f"({', '.join(tables)}), e.g. artefacts rebuilt between runs.")
+        if any(mixed.values()):
+            lines.append("")
         if tests:
             delta = "ΔGAUC" if protocol == "ctr" else f"Δ{label}"
             lines += [f"Paired test against {baseline} (per-user test {label}, differences "

@@ -24,6 +24,7 @@ gloo on CPU, see :mod:`recbole_reaseq.compat`). Under DDP:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import resource
@@ -237,8 +238,23 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, argv=
         "other_protocols": extra,
         "per_user_test": per_user,
         "start_epoch": trainer.start_epoch if resume_file else 0,
+        "frozen_tables": frozen_table_fingerprints(model_obj),
         "config": config,
     }
+
+
+def frozen_table_fingerprints(model) -> dict:
+    """{buffer name: first 16 hex digits of the sha256 of its bytes} for every buffer of the model
+    with >= 2 dimensions: the frozen tables it read from stored artefacts (knowledge, SIDs, GBR
+    fills, side features; RecBole's own models register none). Stored with a run's result, so the
+    seeds of one benchmark row can be checked to have read the same artefacts
+    (``benchmarks/report.py`` marks a row whose seeds did not)."""
+    out = {}
+    for name, buffer in model.named_buffers():
+        if buffer.dim() >= 2:
+            raw = buffer.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+            out[name] = hashlib.sha256(raw.tobytes()).hexdigest()[:16]
+    return dict(sorted(out.items()))
 
 
 def _mean_over_ranks(config, values: list[float]) -> list[float]:

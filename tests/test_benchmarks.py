@@ -39,6 +39,7 @@ def test_suite_runs_skips_resumes_and_reports(tiny_root, workdir, tmp_path, monk
     assert set(stored["other_protocols"]["ctr"]["test"]) >= {"auc", "gauc", "cold/gauc"}
     assert os.path.isfile(os.path.join(specs[0]["dir"], "per_user_test.npz"))
     assert len(stored["epoch_seconds"]) == 2
+    assert stored["frozen_tables"] == {}                 # RecBole's SASRec reads no artefact
 
     # interrupted: the result is missing but RecBole's checkpoint is there -> resume from it
     os.remove(result_file)

@@ -148,3 +148,25 @@ def test_cli_runs_with_overrides(tiny_root, workdir, tmp_path):
                "--eval_protocol=ctr", "--epochs=1", "--ctr_topk=[5]", cwd=workdir)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "hit@5" in out.stdout and "gauc" in out.stdout and "cold/gauc" in out.stdout
+
+
+def test_frozen_table_fingerprints_hash_every_2d_buffer():
+    import hashlib
+
+    import torch.nn as nn
+
+    from recbole_reaseq.quick_start import frozen_table_fingerprints
+
+    model = nn.Module()
+    model.register_buffer("table", torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    model.register_buffer("vector", torch.tensor([1.0, 2.0]))               # 1-D: not a table
+    model.inner = nn.Module()
+    model.inner.register_buffer("codes", torch.tensor([[1, 2, 3]]))
+    model.weight = nn.Parameter(torch.ones(2, 2))                             # not a buffer
+    digest = lambda array: hashlib.sha256(array.tobytes()).hexdigest()[:16]  # noqa: E731
+    assert frozen_table_fingerprints(model) == {
+        "inner.codes": digest(np.array([[1, 2, 3]], dtype=np.int64)),
+        "table": digest(np.array([[1, 2], [3, 4]], dtype=np.float32))}
+    model.table[0, 0] = 1.5
+    assert frozen_table_fingerprints(model)["table"] != digest(
+        np.array([[1, 2], [3, 4]], dtype=np.float32))

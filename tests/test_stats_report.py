@@ -182,3 +182,27 @@ def test_readme_block_ranking_track_exact(tmp_path, monkeypatch):
     readme.write_text("no markers\n")
     with pytest.raises(KeyError, match="<!-- LEADERBOARD -->"):
         readme_tables.main(["--readme", str(readme)])
+
+
+def test_report_marks_a_row_whose_seeds_read_different_tables(tmp_path):
+    model, base = known_inputs()
+    root = str(tmp_path)
+    same = {"knowledge_emb": "aaaa"}
+    write_run(root, "Base__toy__ctr__seed1", 1, {"auc": 0.6, "gauc": 0.5}, *base[1],
+              frozen_tables=same)
+    write_run(root, "Base__toy__ctr__seed2", 2, {"auc": 0.8, "gauc": 0.6}, *base[2],
+              frozen_tables=same)
+    write_run(root, "Ours__toy__ctr__seed1", 1, {"gauc": 0.7}, *model[1],
+              frozen_tables={"fill_repr": "1111", "item_repr": "aaaa"})
+    write_run(root, "Ours__toy__ctr__seed2", 2, {"gauc": 0.7}, *model[2],
+              frozen_tables={"fill_repr": "2222", "item_repr": "aaaa"})
+    suite = {"suite": "fixture", "baseline": "Base", "_path": "suites/fixture.yaml"}
+    specs = [{"name": name, "dataset": "toy", "protocol": "ctr", "seed": seed,
+              "dir": os.path.join(root, f"{name}__toy__ctr__seed{seed}")}
+             for name in ("Base", "Ours") for seed in (1, 2)]
+    lines = report.render(suite, report.collect(specs))[0].split("\n")
+    assert [line.split(" | ")[0] for line in lines if line.startswith("| Base")] == ["| Base"]
+    assert any(line.startswith("| Ours † | 2 | ") for line in lines)
+    assert ("† Ours: its seeds read different frozen tables (fill_repr), e.g. artefacts rebuilt "
+            "between runs.") in lines
+    assert report.mixed_tables([{"result": {}}, {"result": {"frozen_tables": {"x": "1"}}}]) == []

@@ -45,6 +45,7 @@ def test_one_epoch_ctr_finite_metrics(tiny_root, workdir, tmp_path_factory):
         assert math.isfinite(test[key])
     assert 0.0 < test["logloss"] < 5.0 and test["users"] == 60
     assert result["epochs_trained"] == 1
+    assert list(result["frozen_tables"]) == ["embedding_layer.knowledge_emb"]   # its one table
 
 
 def test_starts_as_din_and_knowledge_projection_gets_gradient(prepared):
