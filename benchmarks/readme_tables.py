@@ -20,7 +20,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from benchmarks.report import (PAIRED, collect, epoch_seconds, fit_seconds, fmt_p,  # noqa: E402
-                               mean_std, significance)
+                               mean_std, mixed_tables, significance)
 from benchmarks.run import expand, load_suite  # noqa: E402
 from benchmarks.stats import marker  # noqa: E402
 
@@ -98,7 +98,8 @@ def block(suite: dict, track: str, baseline: str | None = None) -> str:
             if track == "ranking":
                 ctr = table.get((dataset, "ctr"), {}).get(f"{name} (early-stopped on ranking)", [])
                 cells.append(mean_std([r["test"]["gauc"] for r in ctr if "gauc" in r["test"]]))
-            lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
+            mark = " †" if mixed_tables(runs) else ""     # seeds read different frozen tables
+            lines.append(f"| {name}{mark} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -206,3 +206,20 @@ def test_report_marks_a_row_whose_seeds_read_different_tables(tmp_path):
     assert ("† Ours: its seeds read different frozen tables (fill_repr), e.g. artefacts rebuilt "
             "between runs.") in lines
     assert report.mixed_tables([{"result": {}}, {"result": {"frozen_tables": {"x": "1"}}}]) == []
+
+
+def test_readme_block_marks_mixed_tables(tmp_path, monkeypatch):
+    from benchmarks import readme_tables, run as bench
+
+    model, base = known_inputs()
+    monkeypatch.setattr(bench, "HERE", str(tmp_path))
+    root = tmp_path / "runs" / "fixture"
+    for name, users in (("Base", base), ("Ours", model)):
+        for seed in (1, 2):
+            tables = {"fill_repr": f"{seed}" if name == "Ours" else "same"}
+            write_run(str(root), f"{name}__toy__ctr__seed{seed}", seed, {"gauc": 0.5},
+                      *users[seed], frozen_tables=tables)
+    suite = {"suite": "fixture", "datasets": ["toy"], "seeds": [1, 2], "baseline": "Base",
+             "runs": [{"model": "Base", "protocol": "ctr"}, {"model": "Ours", "protocol": "ctr"}]}
+    names = [line.split(" | ")[0] for line in readme_tables.block(suite, "ctr").splitlines()[2:]]
+    assert names == ["| Base", "| Ours †"]
