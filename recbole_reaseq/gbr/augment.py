@@ -265,12 +265,14 @@ def config_get(config, key, default=None):
     return default if value is None else value
 
 
-def load_augmentation(config) -> Augmentation:
+def load_augmentation(config, data=None) -> Augmentation:
     """The stored augmentation named by a RecBole config (``dataset``, ``reaseq_artifact_dir``,
     ``gbr_rule`` / ``gbr_loss`` / ``gbr_weighting`` / ``center_repr`` / ``gbr_options.tag`` ->
     variant), checked against the current data
     files and ``knowledge_field``. Missing or stale: rebuilt (reasoner training is resumable) when
-    ``gbr_build_missing`` is true, else :class:`StaleAugmentationError` with the command to run."""
+    ``gbr_build_missing`` is true, else :class:`StaleAugmentationError` with the command to run.
+    ``data``: the data set's sequences when the caller has them loaded
+    (:func:`recbole_reaseq.gbr.locate.load_sequences`), read for the data fingerprint."""
     gbr = config_from_recbole(config)                  # the one reading of the gbr_* keys
     dataset, rule, loss, weighting = gbr.dataset, gbr.rule, gbr.loss, gbr.weighting
     center, tag, artifact_dir = gbr.center_repr, gbr.tag, gbr.artifact_dir
@@ -278,7 +280,8 @@ def load_augmentation(config) -> Augmentation:
     manifest = read_json(mpath)
     problems = _fresh(npz, manifest, None)
     if not problems:
-        current = data_fingerprint(dataset, config_get(config, "data_path"), gbr.normalize_time)
+        current = data_fingerprint(dataset, config_get(config, "data_path"), gbr.normalize_time,
+                                   data=data)
         if manifest["key"]["data"] != current:
             problems.append("the data files changed since it was built")
         field = config_get(config, "knowledge_field", "knowledge_emb")

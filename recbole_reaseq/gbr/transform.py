@@ -102,7 +102,11 @@ class GBRAugment:
         self.dataset_name = config["dataset"]
         self.normalize_time = time_normalized(config)      # RecBole's order of tied timestamps
         self.data_path = config_get(config, "data_path")
-        self.aug = augmentation if augmentation is not None else load_augmentation(config)
+        self._data = None                   # the sequences, read once here or in _build
+        if augmentation is None:
+            self._data = self._sequences()
+            augmentation = load_augmentation(config, data=self._data)
+        self.aug = augmentation
         self.table = torch.from_numpy(np.concatenate(
             [np.zeros((1, self.aug.dim), np.float32), self.aug.fills]))   # [G+1, D], row 0 = 0
         self.users: Optional[Dict[int, _User]] = None
@@ -111,11 +115,15 @@ class GBRAugment:
         self.fills_used = 0
 
     # ------------------------------------------------------------------------------  index
-    def _build(self, dataset) -> None:
+    def _sequences(self):
         from .locate import load_sequences
 
-        data = load_sequences(self.dataset_name, self.data_path,
+        return load_sequences(self.dataset_name, self.data_path,
                               normalize_time=self.normalize_time)
+
+    def _build(self, dataset) -> None:
+        data = self._data if self._data is not None else self._sequences()
+        self._data = None
         tok2id = dataset.field2token_id
         item_map, user_map = tok2id[self.iid_field], tok2id[self.uid_field]
         aug = self.aug
