@@ -170,3 +170,29 @@ def test_frozen_table_fingerprints_hash_every_2d_buffer():
     model.table[0, 0] = 1.5
     assert frozen_table_fingerprints(model)["table"] != digest(
         np.array([[1, 2], [3, 4]], dtype=np.float32))
+
+
+def test_resumed_din_keeps_training_its_embedding_layer(tiny_root, workdir):
+    # RecBole's resume swaps in DIN's pickled embedding_layer after the optimizer was built; the
+    # trainer must point the optimizer at it, or the embedding tables stop training
+    from recbole_reaseq.evaluation.ctr import repoint_optimizer
+    from recbole_reaseq.quick_start import build_model, build_trainer, make_config, prepare_data
+
+    config = make_config("DIN", "tiny", config_dict=tiny_config(tiny_root, workdir,
+                                                                eval_protocol="ctr"))
+    dataset, train, valid, _test = prepare_data(config)
+    trainer = build_trainer(config, build_model(config, train), dataset)
+    trainer.fit(train, valid, saved=True)
+    resumed = build_trainer(config, build_model(config, train), dataset)
+    resumed.resume_checkpoint(trainer.saved_model_file)
+    model = resumed.model
+    held = [p for group in resumed.optimizer.param_groups for p in group["params"]]
+    assert all(a is b for a, b in zip(held, model.parameters()))
+    table = model.embedding_layer.token_embedding_table["item"].embedding.weight
+    assert "exp_avg" in resumed.optimizer.state[table]             # Adam's state moved along
+    before = table.detach().clone()
+    resumed._train_epoch(train, 1)
+    assert not torch.equal(table, before)              # the embedding table still learns
+    assert repoint_optimizer(resumed.optimizer, model) == 0
+    with pytest.raises(RuntimeError, match="do not line up"):
+        repoint_optimizer(torch.optim.Adam([torch.nn.Parameter(torch.ones(1))]), model)

@@ -140,6 +140,30 @@ def ranking_users(eval_data) -> np.ndarray:
     return eval_data.uid_list.numpy()
 
 
+def repoint_optimizer(optimizer, model) -> int:
+    """Point ``optimizer`` at ``model``'s current parameters, by position, with their state.
+
+    The optimizer must have been built on ``model.parameters()`` (RecBole's ``_build_optimizer``)
+    and the model may since have had submodules replaced by copies of the same structure. Returns
+    how many parameters changed. Raises if the parameters no longer line up (count or shapes).
+    """
+    current = list(model.parameters())
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(held) != len(current) or any(a.shape != b.shape for a, b in zip(held, current)):
+        raise RuntimeError("the optimizer's parameters do not line up with the model's (count "
+                           "or shapes differ); it was not built on model.parameters()")
+    moved, it = 0, iter(current)
+    for group in optimizer.param_groups:
+        for i, old in enumerate(group["params"]):
+            new = next(it)
+            if new is not old:
+                if old in optimizer.state:
+                    optimizer.state[new] = optimizer.state.pop(old)
+                group["params"][i] = new
+                moved += 1
+    return moved
+
+
 class ReaSeqTrainerMixin:
     """Adds per-epoch timing, per-user test metrics (``last_per_user``) and, for
     ``eval_protocol: ctr``, the CTR-track evaluation.
@@ -157,6 +181,16 @@ class ReaSeqTrainerMixin:
             return
         with open(path, "a", encoding="utf-8") as f:     # one line per event: survives a kill
             f.write(json.dumps({"epoch": epoch, "phase": phase, "seconds": seconds}) + "\n")
+
+    def resume_checkpoint(self, resume_file):
+        """RecBole's resume, then the optimizer pointed at the model's current parameters.
+
+        RecBole restores ``other_parameter`` by assignment; for DIN, DIEN and KnowledgeDIN that
+        swaps in a new ``embedding_layer`` after the optimizer was built, and the optimizer went
+        on stepping the discarded copy: the embedding tables stopped training after a resume.
+        """
+        super().resume_checkpoint(resume_file)
+        repoint_optimizer(self.optimizer, self.model)
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         start = time.perf_counter()
