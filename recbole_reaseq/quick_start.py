@@ -305,6 +305,9 @@ def _distributed_worker(local_rank, model, dataset, config_file_list, config_dic
     if torch.distributed.get_rank() == 0:
         with open(result_file, "wb") as f:
             pickle.dump(result, f, protocol=4)
+    # tear down together: a gloo rank that destroys its group after its peer has already gone
+    # can abort ("terminate called without an active exception"); rank 0 works longest here
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
