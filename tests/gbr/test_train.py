@@ -146,7 +146,18 @@ def test_cli_reports_and_bad_input(tiny_root, folders, capsys):
     assert "no finished, up-to-date reasoner" in capsys.readouterr().err
 
 
-def test_cli_no_pack_flag():
-    parse = cli.make_parser().parse_args
-    assert parse(["train", "--dataset", "tiny"]).pack is True
-    assert parse(["train", "--dataset", "tiny", "--no-pack"]).pack is False
+def test_cli_no_pack_reaches_the_run_config(monkeypatch):
+    import importlib
+
+    train_module = importlib.import_module("recbole_reaseq.gbr.train")   # the package's train
+    seen = []                                                              # is the function
+
+    def capture(cfg, data=None):
+        seen.append(cfg.pack)
+        raise KeyboardInterrupt          # stop before any data is read
+
+    monkeypatch.setattr(train_module, "prepare", capture)
+    for extra in ([], ["--no-pack"]):
+        with pytest.raises(KeyboardInterrupt):
+            cli.main(["train", "--dataset", "tiny", "--quiet"] + extra)
+    assert seen == [True, False]
