@@ -87,21 +87,25 @@ def resolve_data_path(dataset: str, explicit: str | None = None) -> str:
         f"Embedded data sets that need no files: {', '.join(EMBEDDED_DATASETS)}.")
 
 
+def config_get(config, key: str, default=None):
+    """``config[key]`` from a RecBole Config or a plain dict; ``default`` when the key is missing
+    or None. (RecBole's ``Config.__getitem__`` returns None for an unknown key, a dict raises.)"""
+    try:
+        value = config[key]
+    except (KeyError, TypeError):
+        value = None
+    return default if value is None else value
+
+
 def time_normalized(config) -> bool:
     """Whether RecBole rescales the time field (``TIME_FIELD``) to [0, 1] under ``config``: named
     in ``normalize_field``, or, with no ``normalize_field``, ``normalize_all``. The interaction
     order then follows the rescaled float32 values
     (:func:`recbole_reaseq.data.candidates.recbole_time_key`)."""
-    def get(key):
-        try:
-            return config[key]
-        except (KeyError, TypeError):
-            return None
-
-    chosen = get("normalize_field")
+    chosen = config_get(config, "normalize_field")
     if chosen:
-        return (get("TIME_FIELD") or "timestamp") in chosen
-    return bool(get("normalize_all"))
+        return config_get(config, "TIME_FIELD", "timestamp") in chosen
+    return bool(config_get(config, "normalize_all"))
 
 
 def default_time_normalized(dataset: str, data_path: str | None = None) -> bool:

@@ -127,3 +127,15 @@ def test_recbole_ensure_dir_survives_a_concurrent_mkdir(tmp_path, monkeypatch):
     monkeypatch.undo()
     ensure_dir(str(tmp_path / "new" / "nested"))
     assert (tmp_path / "new" / "nested").is_dir()
+
+
+def test_config_get_reads_dicts_and_recbole_configs(tiny_root, workdir):
+    get = cfgmod.config_get
+    assert get({"a": 0}, "a", 5) == 0          # a falsy value is kept
+    assert get({"a": None}, "a", 5) == 5       # None falls back to the default
+    assert get({}, "a", 5) == 5                # a missing dict key too
+    assert get(None, "a", 5) == 5              # no config at all (TypeError inside)
+    config = Config("SASRec", "tiny", config_dict=tiny_config(tiny_root, workdir))
+    assert get(config, "MAX_ITEM_LIST_LENGTH", 99) == 10   # from the config dict
+    assert get(config, "stopping_step") == 5                # from our overall.yaml
+    assert get(config, "no_such_key_anywhere", "fallback") == "fallback"

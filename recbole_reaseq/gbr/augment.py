@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from recbole_reaseq.config import config_get
 from recbole_reaseq.data.datasets import file_sha256
 
 from .reasoner import build_sequence, collate, fill_predictions
@@ -254,15 +255,6 @@ def augment(prep: Prepared, force: bool = False) -> Dict[str, Any]:
 
 # ===========================================================================  consumer side
 _CACHE: Dict[Tuple[str, str], Augmentation] = {}
-
-
-def config_get(config, key, default=None):
-    """``config[key]`` (a RecBole Config or a dict), ``default`` when missing or None."""
-    try:
-        value = config[key]
-    except (KeyError, TypeError):
-        value = None
-    return default if value is None else value
 
 
 def load_augmentation(config, data=None) -> Augmentation:

@@ -564,14 +564,10 @@ def config_from_recbole(config) -> GBRConfig:
     ``gbr_rule``,
     ``gbr_loss``, ``gbr_weighting``, ``gbr_context`` and any GBRConfig field in the dict
     ``gbr_options`` (e.g. ``{epochs: 5, batch_size: 256}``)."""
-    def get(key, default=None):
-        try:
-            value = config[key]
-        except (KeyError, TypeError):
-            value = None
-        return default if value is None else value
+    from recbole_reaseq.config import config_get, time_normalized
 
-    from recbole_reaseq.config import time_normalized
+    def get(key, default=None):
+        return config_get(config, key, default)
 
     options = dict(get("gbr_options", {}) or {})
     names = {f.name for f in dataclasses.fields(GBRConfig)}

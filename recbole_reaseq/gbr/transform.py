@@ -52,9 +52,9 @@ import numpy as np
 import torch
 from recbole.data.interaction import Interaction
 
-from recbole_reaseq.config import time_normalized
+from recbole_reaseq.config import config_get, time_normalized
 
-from .augment import config_get, load_augmentation
+from .augment import load_augmentation
 
 __all__ = ["GBRAugment", "MODES", "FIELDS"]
 

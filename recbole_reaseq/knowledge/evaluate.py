@@ -103,12 +103,10 @@ def index_options(config: Any, prefix: str = "gsu_index") -> dict[str, Any]:
     (HNSW build beam; faiss's default 40). Missing keys take the
     defaults (exact ``flat`` search). Bad values raise ``ValueError`` naming the key and the fix.
     """
+    from recbole_reaseq.config import config_get
+
     def get(key, default):
-        try:
-            value = config[key]
-        except (KeyError, TypeError):
-            return default
-        return default if value is None else value
+        return config_get(config, key, default)
 
     kind = str(get(prefix, "flat")).lower()
     if kind not in INDEX_TYPES:

@@ -120,6 +120,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from recbole_reaseq.config import config_get
 from recbole_reaseq.data.datasets import file_sha256, read_atomic
 from . import agents
 from .backends import LLMBackend, OfflineBackend, OpenAIBackend
@@ -1094,17 +1095,9 @@ _KNOWLEDGE_KEYS = {
 }
 
 
-def _cfg(config_like: Any, key: str, default: Any = None) -> Any:
-    try:
-        value = config_like[key]
-    except (KeyError, TypeError):
-        value = None
-    return default if value is None else value
-
-
 def _step_kwargs(config_like: Any) -> Tuple[Dict[str, Dict[str, Any]], bool]:
     """Per-step kwargs from the optional config key ``reaseq_knowledge`` (a dict)."""
-    options = _cfg(config_like, "reaseq_knowledge", {}) or {}
+    options = config_get(config_like, "reaseq_knowledge", {}) or {}
     if not isinstance(options, Mapping):
         raise TypeError(f"config key reaseq_knowledge must be a dict, got {options!r}")
     kwargs: Dict[str, Dict[str, Any]] = {"build": {}, "encode": {}, "quantize": {}}
@@ -1128,12 +1121,12 @@ def ensure_artifacts(config_like: Any, steps: Sequence[str] = ("build", "encode"
     (re)built, by default with the offline backend; an up-to-date build made with another backend
     (e.g. an LLM) is kept unless ``reaseq_knowledge.backend`` asks for a specific one.
     """
-    dataset = _cfg(config_like, "dataset")
+    dataset = config_get(config_like, "dataset")
     if not dataset:
         raise KeyError("ensure_artifacts: config has no 'dataset'. Fix: pass a Config or a dict "
                        "with dataset=NAME.")
-    data_path = _cfg(config_like, "data_path")
-    artifact_dir = _cfg(config_like, "reaseq_artifact_dir", "artifacts")
+    data_path = config_get(config_like, "data_path")
+    artifact_dir = config_get(config_like, "reaseq_artifact_dir", "artifacts")
     kwargs, backend_given = _step_kwargs(config_like)
     common = {"data_path": data_path, "artifact_dir": artifact_dir, "progress": progress}
     if "build" in steps:
@@ -1208,9 +1201,9 @@ def recbole_overrides(config_like: Any, fields: Sequence[str] = ("knowledge_emb"
     ``Config`` or a config dict; its ``dataset``, ``load_col``, ``additional_feat_suffix``,
     ``alias_of_item_id``, ``preload_weight``, ``normalize_all`` and ``normalize_field`` are read.
     """
-    dataset = _cfg(config_like, "dataset")
-    data_path = data_path if data_path is not None else _cfg(config_like, "data_path")
-    artifact_dir = artifact_dir or _cfg(config_like, "reaseq_artifact_dir", "artifacts")
+    dataset = config_get(config_like, "dataset")
+    data_path = data_path if data_path is not None else config_get(config_like, "data_path")
+    artifact_dir = artifact_dir or config_get(config_like, "reaseq_artifact_dir", "artifacts")
     paths = artifact_paths(dataset, artifact_dir)
     unknown = [f for f in fields if f not in EMB_FIELDS.values()]
     if unknown or not fields:
@@ -1229,22 +1222,22 @@ def recbole_overrides(config_like: Any, fields: Sequence[str] = ("knowledge_emb"
                                      f"Fix: run quantize first.")
         ours[SID_SUFFIX] = [SID_ID_FIELD, "sid"]
         aliases.append(SID_ID_FIELD)
-    suffixes = list(_cfg(config_like, "additional_feat_suffix", []) or [])
+    suffixes = list(config_get(config_like, "additional_feat_suffix", []) or [])
     suffixes += [s for s in ours if s not in suffixes]
-    base_load = _cfg(config_like, "load_col")
+    base_load = config_get(config_like, "load_col")
     load_col = None if base_load is None else {**dict(base_load), **ours}
-    alias = list(_cfg(config_like, "alias_of_item_id", []) or [])
+    alias = list(config_get(config_like, "alias_of_item_id", []) or [])
     out: Dict[str, Any] = {
         "data_path": str(view_root), "additional_feat_suffix": suffixes, "load_col": load_col,
         "alias_of_item_id": alias + [a for a in aliases if a not in alias],
-        "preload_weight": {**dict(_cfg(config_like, "preload_weight", {}) or {}),
+        "preload_weight": {**dict(config_get(config_like, "preload_weight", {}) or {}),
                            EMB_ID_FIELD: fields[0], **({SID_ID_FIELD: "sid"} if sid else {})},
         "normalize_all": False}
     ours_fields = set(EMB_FIELDS.values()) | {"sid"}
-    explicit = _cfg(config_like, "normalize_field")
+    explicit = config_get(config_like, "normalize_field")
     if explicit:
         out["normalize_field"] = [f for f in explicit if f not in ours_fields] or None
-    elif _cfg(config_like, "normalize_all", False):
+    elif config_get(config_like, "normalize_all", False):
         folder = view_root / dataset
         found: List[str] = []
         for suffix in ("inter", "user", "item"):  # the sources RecBole 1.2.1 normalises
@@ -1282,7 +1275,7 @@ def item_matrix(recbole_dataset: Any, field: str = "knowledge_emb",
     ``sid_codes``: int64 ``[n_items, L+1]``). Items without a row get zeros.
     """
     dataset = recbole_dataset.dataset_name
-    artifact_dir = artifact_dir or _cfg(recbole_dataset.config, "reaseq_artifact_dir", "artifacts")
+    artifact_dir = artifact_dir or config_get(recbole_dataset.config, "reaseq_artifact_dir", "artifacts")
     paths = artifact_paths(dataset, artifact_dir)
     ids, emb = _load_npy(paths, field)  # emb: [N, D]
     row = {item_id: i for i, item_id in enumerate(ids)}

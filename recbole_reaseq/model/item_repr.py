@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from recbole.utils import FeatureType
 
+from recbole_reaseq.config import config_get
 from recbole_reaseq.knowledge import pipeline as P
 
 __all__ = ["SID_PAD", "SID_UNKNOWN", "SID_OFFSET", "KNOWLEDGE_FIELDS", "ItemRepresentations",
@@ -145,7 +146,7 @@ def load_item_representations(config, dataset, knowledge: bool = True, sid: bool
     out = ItemRepresentations()
     if not (knowledge or sid):
         return out
-    name = knowledge_field or _config_get(config, "knowledge_field") or "knowledge_emb"
+    name = knowledge_field or config_get(config, "knowledge_field") or "knowledge_emb"
     if knowledge and name not in KNOWLEDGE_FIELDS:
         raise ValueError(f"config knowledge_field must be one of {', '.join(KNOWLEDGE_FIELDS)}; "
                          f"got {name!r}.")
@@ -177,13 +178,6 @@ def load_item_representations(config, dataset, knowledge: bool = True, sid: bool
         log("item representations (%s, %s): %d of %d items have no artefact row (zeros / "
             "unknown code)", paths.root, what, count, n_real)
     return out
-
-
-def _config_get(config, key: str):
-    try:
-        return config[key]
-    except (KeyError, TypeError):
-        return None
 
 
 # =====================================================================================  side features
