@@ -185,10 +185,16 @@ def render(suite: dict, table: dict) -> tuple[str, list[dict]]:
             lines.append("")
     if first:
         m = first["machine"]
+        commits = list(dict.fromkeys(r["result"].get("git_commit", "?")[:10]
+                                     for models in table.values() for runs in models.values()
+                                     for r in runs))
+        code = (f"Commit `{commits[0]}`" if len(commits) == 1 else
+                f"Runs from {len(commits)} commits (each run's result.json names its own), "
+                f"first `{commits[0]}`, last `{commits[-1]}` in table order")
         lines += [f"Machine: {m['cores']} cores ({m['cpu']}), torch {m['torch']} with "
-                  f"{m['torch_threads']} threads, Python {m['python']}. Commit "
-                  f"`{first['git_commit'][:10]}`. Regenerate: `python benchmarks/run.py "
-                  f"{suite['_path']} && python benchmarks/report.py {suite['_path']}`.", ""]
+                  f"{m['torch_threads']} threads, Python {m['python']}. {code}. Regenerate: "
+                  f"`python benchmarks/run.py {suite['_path']} && python benchmarks/report.py "
+                  f"{suite['_path']}`.", ""]
     return "\n".join(lines), rows
 
 

@@ -119,7 +119,7 @@ Paired test against Base (per-user test NDCG@10, differences averaged over the s
 |---|---|---|---|---|---|---|
 | Ours | 2 | 3 | +0.1500 [-0.0984, +0.3984] | 0.250 | 0.122 | 0.323 |
 
-Machine: 2 cores (CPU X), torch 2.13.0 with 1 threads, Python 3.11.7. Commit `abcdef0123`. Regenerate: `python benchmarks/run.py suites/fixture.yaml && python benchmarks/report.py suites/fixture.yaml`.
+Machine: 2 cores (CPU X), torch 2.13.0 with 1 threads, Python 3.11.7. Runs from 2 commits (each run's result.json names its own), first `abcdef0123`, last `9876543210` in table order. Regenerate: `python benchmarks/run.py suites/fixture.yaml && python benchmarks/report.py suites/fixture.yaml`.
 """
 
 
@@ -136,7 +136,7 @@ def test_report_ranking_track_significance_and_resumed_time(tmp_path):
     write_run(root, "Ours__toy__ranking__seed1", 1, {"ndcg@10": 0.7}, *model[1], fit=150.0, **kw)
     write_run(root, "Ours__toy__ranking__seed2", 2, {"ndcg@10": 0.7}, *model[2], fit=150.0,
               start_epoch=2, epoch_seconds_before_resume=[20.0, 22.0],
-              fit_seconds_before_resume=50.0, **kw)
+              fit_seconds_before_resume=50.0, git_commit="9876543210fedcba", **kw)
     suite = {"suite": "fixture", "description": "Ranking track, one run resumed.",
              "baseline": "Base", "_path": "suites/fixture.yaml"}
     specs = [{"name": name, "dataset": "toy", "protocol": "ranking", "seed": seed,
