@@ -57,14 +57,18 @@ def recbole_time_key(times: np.ndarray, normalize: bool) -> np.ndarray:
     return t.astype(np.float32)
 
 
-def time_order_note(uids: np.ndarray, times: np.ndarray, normalize: bool) -> dict:
+def time_order_note(uids: np.ndarray, times: np.ndarray, normalize: bool,
+                    order: np.ndarray | None = None) -> dict:
     """``{"time_order": ...}`` when RecBole's order (:func:`recbole_time_key`) differs from the raw
     timestamps' order, else ``{}``: an entry for the fingerprints of artefacts built on that order.
+    ``order``: RecBole's order when the caller has sorted by it already
+    (:func:`leave_one_out_positions` of ``recbole_time_key(times, normalize)``).
 
     Empty where the two orders agree (amazon-beauty: day-resolution timestamps stay exact in
     float32, normalised or not), so artefacts built there before the key existed stay valid."""
     raw, _, _ = leave_one_out_positions(uids, np.asarray(times, dtype=np.float64))
-    ours, _, _ = leave_one_out_positions(uids, recbole_time_key(times, normalize))
+    ours = order if order is not None else leave_one_out_positions(
+        uids, recbole_time_key(times, normalize))[0]
     if np.array_equal(raw, ours):
         return {}
     return {"time_order": "recbole-float32" + ("-normalized" if normalize else "")}

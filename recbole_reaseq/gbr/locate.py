@@ -228,7 +228,7 @@ def load_sequences(dataset: str, data_path: Optional[str] = None,
         times = inter["timestamp"].astype(np.float64).to_numpy()
         order, starts, ends = leave_one_out_positions(
             user_codes, recbole_time_key(times, normalize_time))
-        time_order = time_order_note(user_codes, times, normalize_time)
+        time_order = time_order_note(user_codes, times, normalize_time, order)
     else:
         times = None
         missing["timestamp"] = (f"{inter_path} has no 'timestamp' column (it has "

@@ -30,6 +30,10 @@ def test_recbole_time_key_ties_distinct_timestamps_like_recbole():
     assert leave_one_out_positions(uids, key)[0].tolist() == [2, 1, 3, 0]     # tie: file order
     assert leave_one_out_positions(uids, times)[0].tolist() == [2, 3, 1, 0]   # raw order
     assert time_order_note(uids, times, True) == {"time_order": "recbole-float32-normalized"}
+    # the caller's own sort by RecBole's key gives the same note; the raw order gives none
+    assert time_order_note(uids, times, True, order=np.array([2, 1, 3, 0])) == {
+        "time_order": "recbole-float32-normalized"}
+    assert time_order_note(uids, times, True, order=np.array([2, 3, 1, 0])) == {}
     # unnormalised: float32 spacing is 128 s around 1e9, so 1e9 and 1e9 + 1 tie as well
     assert recbole_time_key(times, normalize=False).tolist() == [2e9, 1e9, 0.0, 1e9]
     assert time_order_note(uids, times, False) == {"time_order": "recbole-float32"}
