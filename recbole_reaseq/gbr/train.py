@@ -226,7 +226,10 @@ def data_fingerprint(dataset: str, data_path: Optional[str] = None,
                      data: Optional[SequenceData] = None) -> Dict[str, str]:
     """sha256 of ``<dataset>.inter`` (and ``.item`` when present), plus ``time_order`` where
     RecBole's interaction order departs from the raw timestamps' (``data.time_order``, see
-    :func:`recbole_reaseq.gbr.locate.load_sequences`; loaded when ``data`` is not given)."""
+    :func:`recbole_reaseq.gbr.locate.load_sequences`). Without ``data`` the sequences are loaded,
+    once per process for the same ``.inter`` content and time normalisation (the transform and
+    the model of one run both check the augmentation)."""
+    from recbole_reaseq.config import default_time_normalized
     from recbole_reaseq.knowledge.items import dataset_folder
 
     folder = dataset_folder(dataset, data_path)
@@ -235,10 +238,22 @@ def data_fingerprint(dataset: str, data_path: Optional[str] = None,
         path = os.path.join(folder, f"{dataset}.{suffix}")
         if os.path.isfile(path):
             out[suffix] = file_sha256(path)
-    if data is None:
-        data = load_sequences(dataset, data_path, normalize_time=normalize_time)
-    out.update(data.time_order)
+    if normalize_time is None and data is None:
+        normalize_time = default_time_normalized(dataset, data_path)
+    key = (out.get("inter"), normalize_time)
+    if data is not None:
+        note = data.time_order
+    elif key in _TIME_ORDER:
+        note = _TIME_ORDER[key]
+    else:
+        note = load_sequences(dataset, data_path, normalize_time=normalize_time).time_order
+    if normalize_time is not None:
+        _TIME_ORDER[key] = dict(note)
+    out.update(note)
     return out
+
+
+_TIME_ORDER: Dict[Tuple[Optional[str], bool], Dict[str, str]] = {}  # data_fingerprint's memo
 
 
 def _atomic_write_bytes(path: Path, write) -> None:

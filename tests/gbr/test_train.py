@@ -161,3 +161,37 @@ def test_cli_no_pack_reaches_the_run_config(monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             cli.main(["train", "--dataset", "tiny", "--quiet"] + extra)
     assert seen == [True, False]
+
+
+def test_data_fingerprint_reads_the_sequences_once_per_content(tmp_path, monkeypatch):
+    """The time-order entry needs the sequences; a second check of the same .inter content and
+    normalisation (transform, then model, in one run) must not load them again, and a changed
+    file must."""
+    import importlib
+
+    from recbole_reaseq.gbr.train import data_fingerprint
+
+    train_mod = importlib.import_module("recbole_reaseq.gbr.train")  # the package exports train()
+
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    inter = folder / "toy.inter"
+    header = "user_id:token\titem_id:token\ttimestamp:float\n"
+    # float32 of (t - min) / (max - min) ties 1e9 and 1e9 + 1: RecBole's order is not the raw one
+    inter.write_text(header + "u\ta\t2000000000\nu\tb\t1000000001\nu\tc\t0\nu\td\t1000000000\n")
+    calls = []
+    real = train_mod.load_sequences
+    monkeypatch.setattr(train_mod, "load_sequences",
+                        lambda *a, **k: calls.append(k.get("normalize_time")) or real(*a, **k))
+    monkeypatch.setattr(train_mod, "_TIME_ORDER", {})
+    first = data_fingerprint("toy", str(tmp_path), True)
+    assert first == {"inter": file_sha256(str(inter)), "time_order": "recbole-float32-normalized"}
+    assert data_fingerprint("toy", str(tmp_path), True) == first and calls == [True]
+    assert data_fingerprint("toy", str(tmp_path), False)["time_order"] == "recbole-float32"
+    assert calls == [True, False]                       # the other normalisation: its own entry
+    inter.write_text(header + "u\ta\t86400\nu\tb\t0\n")  # new content: read again, no entry
+    assert data_fingerprint("toy", str(tmp_path), True) == {"inter": file_sha256(str(inter))}
+    assert calls == [True, False, True]
+    data = real("toy", str(tmp_path), normalize_time=False)
+    assert data_fingerprint("toy", str(tmp_path), False, data=data) == {
+        "inter": file_sha256(str(inter))} and len(calls) == 3   # the caller's sequences: no load
