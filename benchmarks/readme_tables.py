@@ -34,6 +34,7 @@ BLOCKS = {
     "TABLE4": ("table4_beauty", "ctr"),
     "ML100K": ("table3_ml100k", "ctr"),
     "TABLE6": ("table6_beauty", "ctr"),
+    "TABLE6_ML100K": ("table6_ml100k", "ctr"),
     "TABLE6_CENTRED": ("table6_centred_beauty", "ctr"),
     "GBR_REASEQCTR": ("gbr_reaseqctr_beauty", "ctr"),
     "LATENT": ("latent_reasoning_beauty", "ranking"),
