@@ -44,6 +44,8 @@ NOTE: ERL supervises each step with CE and averages (the paper's per-step object
 official code instead applies CE to the mean of the step outputs, with logits divided by 0.07.
 Here ERL has no temperature (SASRec's CE), so ERL with R = 0 is SASRec's loss exactly. The KL
 term follows the official code: ``KL(p_j || sg(p_i))`` over ordered pairs ``i != j``, averaged.
+CE and KL are computed together by :class:`ErlLoss` with a closed-form gradient (the same loss
+and gradient as autograd, tested; fewer passes over the ``[B, R+1, n_items]`` logits).
 NOTE: PRL's temperatures only enter the loss; ``predict`` / ``full_sort_predict`` return the raw
 dot products (the ranking is the same; the CTR track's LogLoss of sigmoid(score) is uncalibrated
 for every softmax-trained model anyway).
@@ -87,6 +89,7 @@ import contextlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from recbole_reaseq import compat
 from recbole_reaseq.model.item_repr import load_item_representations
@@ -195,12 +198,10 @@ def reasoning_step(trm_encoder, cache: ReasoningCache, x: torch.Tensor) -> torch
 
 
 def pairwise_kl_diversity(log_probs: torch.Tensor) -> torch.Tensor:
-    """Mean ``KL(p_j || sg(p_i))`` over ordered step pairs ``i != j``.
+    """Mean ``KL(p_j || sg(p_i))`` over ordered step pairs ``i != j`` (the definition, with
+    autograd; training uses :class:`ErlLoss`, which fuses it with the CE).
 
-    log_probs: ``[B, K, N]``, the steps' item log-distributions (``log_softmax`` of the logits;
-    taking them rather than logits lets ERL's CE and this term share one ``log_softmax`` over
-    the catalogue, the costliest operation of the step: ``sg(log p_i)`` is ``log_probs.detach()``,
-    which equals ``log_softmax(logits.detach())``, values and gradients alike).
+    log_probs: ``[B, K, N]``, the steps' item log-distributions (``log_softmax`` of the logits).
     """
     steps = log_probs.shape[1]
     log_q = log_probs.detach()                                                 # [B, K, N]
@@ -210,6 +211,45 @@ def pairwise_kl_diversity(log_probs: torch.Tensor) -> torch.Tensor:
     kl = neg_entropy.unsqueeze(-1) - cross                                     # [B, K, K]
     off_diagonal = ~torch.eye(steps, dtype=torch.bool, device=log_probs.device)
     return kl[:, off_diagonal].mean()
+
+
+class ErlLoss(torch.autograd.Function):
+    r"""ERL's loss on step logits ``[B, K, N]`` (K >= 2): the mean CE of the K steps minus
+    ``kl_weight`` times :func:`pairwise_kl_diversity`, with its gradient in closed form.
+
+    With ``lp_j = log_softmax(z_j)``, ``p_j = exp(lp_j)`` and ``S = sum_i lp_i`` (stop-gradient),
+    the summed KL is ``sum_j <p_j, c_j>`` with ``c_j = K lp_j - S``, and its gradient with respect
+    to the logits is ``p_j * (c_j - <p_j, c_j>)`` (the ``sg(p_i)`` terms contribute no
+    gradient). So ``dL/dz_j = [p_j - onehot(y)] / (BK) - w p_j (c_j - <p_j, c_j>) / (BK(K-1))``.
+    Autograd through :func:`pairwise_kl_diversity` makes about three times as many passes over
+    the ``[B, K, N]`` tensors (on Beauty, 12k items, that was 0.6 s of a batch's loss against
+    0.4 s fused; tested equal in value and gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, target, kl_weight):
+        batch, steps, _ = logits.shape
+        log_probs = F.log_softmax(logits, dim=-1)                              # [B, K, N]
+        probs = log_probs.exp()
+        index = target.view(batch, 1, 1).expand(batch, steps, 1)              # [B, K, 1]
+        ce = -log_probs.gather(-1, index).sum() / (batch * steps)
+        centred = log_probs.mul(steps).sub_(log_probs.sum(1, keepdim=True))    # c: [B, K, N]
+        expected = (probs * centred).sum(-1, keepdim=True)                     # <p, c>: [B, K, 1]
+        kl = expected.sum() / (batch * steps * (steps - 1))
+        ctx.save_for_backward(probs, centred, expected, index)
+        ctx.kl_weight = kl_weight
+        return ce - kl_weight * kl
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        probs, centred, expected, index = ctx.saved_tensors
+        batch, steps, _ = probs.shape
+        w = ctx.kl_weight / (batch * steps * (steps - 1))
+        grad_logits = (centred - expected).mul_(-w).add_(1.0 / (batch * steps)).mul_(probs)
+        grad_logits.scatter_add_(-1, index, torch.full(index.shape, -1.0 / (batch * steps),
+                                                       dtype=probs.dtype, device=probs.device))
+        return grad_logits.mul_(grad), None, None
 
 
 def in_batch_info_nce(anchor: torch.Tensor, positive: torch.Tensor,
@@ -314,13 +354,10 @@ class ReaRec(SASRec):
         logits = torch.matmul(steps, self.item_embedding.weight.t())           # [B, R+1, N]
         n_steps = logits.shape[1]
         if self.rearec_mode == "ERL":
-            log_probs = F.log_softmax(logits, dim=-1)                          # [B, R+1, N]
-            # = self.loss_fct (CrossEntropyLoss) on the logits; the log_softmax is shared
-            ce = F.nll_loss(log_probs.reshape(-1, logits.shape[-1]),
-                            pos_items.repeat_interleave(n_steps))
-            if self.erl_kl_weight == 0:
-                return ce
-            return ce - self.erl_kl_weight * pairwise_kl_diversity(log_probs)
+            if self.erl_kl_weight == 0:                                        # mean CE of steps
+                return self.loss_fct(logits.reshape(-1, logits.shape[-1]),
+                                     pos_items.repeat_interleave(n_steps))
+            return ErlLoss.apply(logits, pos_items, self.erl_kl_weight)
         scaled = logits / self.step_temperatures(logits.device).view(1, -1, 1)
         loss = self.loss_fct(scaled[:, -1], pos_items)
         if self.prl_pl_weight > 0:

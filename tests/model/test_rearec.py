@@ -8,7 +8,7 @@ import torch
 from recbole.utils import init_seed
 
 from recbole_reaseq import registry
-from recbole_reaseq.model.rearec import ReaRec, pairwise_kl_diversity
+from recbole_reaseq.model.rearec import ErlLoss, ReaRec, pairwise_kl_diversity
 from recbole_reaseq.quick_start import (evaluate_checkpoint, load_data_and_model,
                                         make_config, prepare_data, run)
 from tests.conftest import tiny_config
@@ -137,10 +137,29 @@ def test_pairwise_kl_equals_hand_computation():
     assert pairwise_kl_diversity(p.log()).item() == pytest.approx((kl_10 + kl_01) / 2, rel=1e-6)
 
 
+def test_fused_erl_loss_equals_the_autograd_definition_values_and_gradients():
+    """ErlLoss (closed-form gradient) = mean CE - w * pairwise_kl_diversity through autograd,
+    in value and gradient (float64; finite differences do not apply: the loss has a
+    stop-gradient), with K = 3 steps and 2 steps, and a target repeated across the batch."""
+    torch.manual_seed(0)
+    for steps in (2, 3):
+        logits = torch.randn(5, steps, 11, dtype=torch.float64, requires_grad=True)
+        target = torch.tensor([3, 0, 10, 3, 7])
+        log_probs = logits.log_softmax(-1)
+        definition = (torch.nn.functional.nll_loss(log_probs.reshape(-1, 11),
+                                                   target.repeat_interleave(steps))
+                      - 0.3 * pairwise_kl_diversity(log_probs))
+        fused = ErlLoss.apply(logits, target, 0.3)
+        assert fused.item() == pytest.approx(definition.item(), rel=1e-12)
+        want, = torch.autograd.grad(definition, logits)
+        got, = torch.autograd.grad(fused, logits)
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-14)
+
+
 def test_erl_loss_equals_the_unshared_formula_values_and_gradients(prepared):
-    """ERL's CE and KL share one log_softmax; the same loss computed the plain way (RecBole's
+    """ERL's loss (ErlLoss) equals the same loss computed the plain way (RecBole's
     CrossEntropyLoss on the logits, KL from two separate log_softmax calls with the second
-    detached, as the official code) has the same value and the same gradient everywhere."""
+    detached, as the official code): same value, same gradient for every parameter."""
     config, _dataset, train, _valid, _test = prepared
     model = build_with(config, train, rearec_mode="ERL", reasoning_steps=2, erl_kl_weight=0.3)
     batch = next(iter(train))
