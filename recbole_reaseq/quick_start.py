@@ -143,6 +143,25 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+@contextlib.contextmanager
+def denormals_flushed(enabled: bool):
+    """Within the block, denormal floats (``|x| < 1.2e-38``) read and are written as 0 if
+    ``enabled`` (``torch.set_flush_denormal``: x86 SSE3 FTZ/DAZ; a no-op where unsupported),
+    then the previous state is restored. x86 CPUs process denormals far more slowly: ReaRec
+    PRL with trained weights on Beauty's shape (softmax at tau = 0.07 over 12k items; 7 % of
+    the entries denormal) takes 1.5x as long per loss step with them
+    (``benchmarks/results/latent_train_cost.md``)."""
+    if not enabled:
+        yield
+        return
+    before = bool(torch.tensor(1e-40, dtype=torch.float32) != 0)   # denormals kept now?
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(not before)
+
+
 def make_config(model=None, dataset=None, config_file_list=None, config_dict=None, argv=None):
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict, argv=argv)
@@ -196,28 +215,29 @@ def run(model=None, dataset=None, config_file_list=None, config_dict=None, argv=
         trainer.resume_checkpoint(resume_file)        # also keeps saving into resume_file
         logger.info(f"resumed from {resume_file} at epoch {trainer.start_epoch}")
 
-    fit_start = time.perf_counter()
-    best_valid_score, best_valid_result = trainer.fit(
-        train_data, valid_data, saved=saved, show_progress=config["show_progress"])
-    fit_seconds = time.perf_counter() - fit_start
-    if is_distributed(config):
-        torch.distributed.barrier()               # rank 0 has written the best checkpoint
-    if best_valid_result is None and saved:          # resumed and never improved afterwards
-        best_valid_result = trainer.evaluate(valid_data, load_best_model=True)
-    test_result = trainer.evaluate(test_data, load_best_model=saved,
-                                   show_progress=config["show_progress"])
-    logger.info(f"best valid : {best_valid_result}")
-    logger.info(f"test result: {test_result}")
-    per_user = {config["eval_protocol"]: getattr(trainer, "last_per_user", None)}
-    extra = {}
-    for protocol in config["report_protocols"] or []:
-        if protocol == config["eval_protocol"]:
-            continue
-        valid_extra, _ = evaluate_protocol(trainer, valid_data, protocol, dataset_obj)
-        test_extra, per_user[protocol] = evaluate_protocol(trainer, test_data, protocol,
-                                                           dataset_obj)
-        extra[protocol] = {"valid": valid_extra, "test": test_extra}
-        logger.info(f"[{protocol}] test result: {test_extra}")
+    with denormals_flushed(bool(config["flush_denormal"])):
+        fit_start = time.perf_counter()
+        best_valid_score, best_valid_result = trainer.fit(
+            train_data, valid_data, saved=saved, show_progress=config["show_progress"])
+        fit_seconds = time.perf_counter() - fit_start
+        if is_distributed(config):
+            torch.distributed.barrier()           # rank 0 has written the best checkpoint
+        if best_valid_result is None and saved:      # resumed and never improved afterwards
+            best_valid_result = trainer.evaluate(valid_data, load_best_model=True)
+        test_result = trainer.evaluate(test_data, load_best_model=saved,
+                                       show_progress=config["show_progress"])
+        logger.info(f"best valid : {best_valid_result}")
+        logger.info(f"test result: {test_result}")
+        per_user = {config["eval_protocol"]: getattr(trainer, "last_per_user", None)}
+        extra = {}
+        for protocol in config["report_protocols"] or []:
+            if protocol == config["eval_protocol"]:
+                continue
+            valid_extra, _ = evaluate_protocol(trainer, valid_data, protocol, dataset_obj)
+            test_extra, per_user[protocol] = evaluate_protocol(trainer, test_data, protocol,
+                                                               dataset_obj)
+            extra[protocol] = {"valid": valid_extra, "test": test_extra}
+            logger.info(f"[{protocol}] test result: {test_extra}")
     epochs = getattr(trainer, "epoch_seconds", [])
     return {
         "model": config["model"],

@@ -196,3 +196,56 @@ def test_resumed_din_keeps_training_its_embedding_layer(tiny_root, workdir):
     assert repoint_optimizer(resumed.optimizer, model) == 0
     with pytest.raises(RuntimeError, match="do not line up"):
         repoint_optimizer(torch.optim.Adam([torch.nn.Parameter(torch.ones(1))]), model)
+
+
+def denormals_kept() -> bool:
+    return bool(torch.tensor(1e-40, dtype=torch.float32) * 1.0 != 0)
+
+
+def test_denormals_flushed_only_inside_the_block_and_restored():
+    from recbole_reaseq.quick_start import denormals_flushed
+
+    assert denormals_kept()
+    with denormals_flushed(False):
+        assert denormals_kept()
+    with denormals_flushed(True):
+        assert not denormals_kept()
+        assert torch.exp(torch.tensor(-100.0)).item() == 0.0          # e^-100 ~ 3.7e-44
+        with denormals_flushed(True):
+            assert not denormals_kept()
+        assert not denormals_kept()                                   # inner exit keeps it
+    assert denormals_kept()
+    assert torch.exp(torch.tensor(-100.0)).item() == pytest.approx(3.72e-44, rel=0.05)
+    with pytest.raises(RuntimeError):
+        with denormals_flushed(True):
+            raise RuntimeError("boom")
+    assert denormals_kept()                                           # restored on error
+
+
+@pytest.mark.parametrize("model,expected", [("ReaRec", True), ("PLR", True), ("SASRec", False)])
+def test_run_trains_and_evaluates_under_the_models_flush_denormal(model, expected, tiny_root,
+                                                                   workdir, monkeypatch):
+    """ReaRec and PLR default to flush_denormal: True (model YAML), other models to False;
+    ``run`` applies it to training and evaluation and restores it afterwards."""
+    from recbole_reaseq import quick_start
+
+    seen = {}
+    real_build = quick_start.build_trainer
+
+    def recording_build(*args, **kwargs):
+        trainer = real_build(*args, **kwargs)
+        def recorded(key, method):
+            def call(*a, **k):
+                seen.setdefault(key, not denormals_kept())
+                return method(*a, **k)
+            return call
+
+        trainer.fit = recorded("fit", trainer.fit)
+        trainer.evaluate = recorded("evaluate", trainer.evaluate)
+        return trainer
+
+    monkeypatch.setattr(quick_start, "build_trainer", recording_build)
+    result = run(model, "tiny", config_dict=tiny_config(tiny_root, workdir), saved=False)
+    assert result["config"]["flush_denormal"] is expected
+    assert seen == {"fit": expected, "evaluate": expected}
+    assert denormals_kept()
