@@ -358,12 +358,16 @@ class ReaRec(SASRec):
                 return self.loss_fct(logits.reshape(-1, logits.shape[-1]),
                                      pos_items.repeat_interleave(n_steps))
             return ErlLoss.apply(logits, pos_items, self.erl_kl_weight)
-        scaled = logits / self.step_temperatures(logits.device).view(1, -1, 1)
-        loss = self.loss_fct(scaled[:, -1], pos_items)
+        scaled = logits / self.step_temperatures(logits.device).view(1, -1, 1)  # [B, R+1, N]
         if self.prl_pl_weight > 0:
-            loss = loss + self.prl_pl_weight * self.loss_fct(
-                scaled[:, :-1].reshape(-1, logits.shape[-1]),
-                pos_items.repeat_interleave(n_steps - 1))
+            # every step's CE in one call (one log_softmax over the contiguous [B, R+1, N]):
+            # the last step's mean CE + weight * the earlier steps' mean CE
+            per_step = F.cross_entropy(scaled.reshape(-1, logits.shape[-1]),
+                                       pos_items.repeat_interleave(n_steps),
+                                       reduction="none").view(-1, n_steps)     # [B, R+1]
+            loss = per_step[:, -1].mean() + self.prl_pl_weight * per_step[:, :-1].mean()
+        else:
+            loss = self.loss_fct(scaled[:, -1], pos_items)
         if noisy is not None:
             loss = loss + self.prl_cl_weight * in_batch_info_nce(noisy, steps[:, 1:],
                                                                  self.temperature)

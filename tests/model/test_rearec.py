@@ -8,7 +8,8 @@ import torch
 from recbole.utils import init_seed
 
 from recbole_reaseq import registry
-from recbole_reaseq.model.rearec import ErlLoss, ReaRec, pairwise_kl_diversity
+from recbole_reaseq.model.rearec import (ErlLoss, ReaRec, in_batch_info_nce,
+                                         pairwise_kl_diversity)
 from recbole_reaseq.quick_start import (evaluate_checkpoint, load_data_and_model,
                                         make_config, prepare_data, run)
 from tests.conftest import tiny_config
@@ -179,6 +180,32 @@ def test_erl_loss_equals_the_unshared_formula_values_and_gradients(prepared):
     plain_grads = torch.autograd.grad(plain, list(model.parameters()))
     assert fused.item() == pytest.approx(plain.item(), rel=1e-6)
     for got, want in zip(fused_grads, plain_grads):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_prl_loss_equals_the_per_term_formula_values_and_gradients(prepared):
+    """PRL's progressive CE computed in one call equals RecBole's CrossEntropyLoss applied
+    term by term (last step at tau, the earlier steps at their own temperatures, weighted),
+    plus the contrastive term: same value, same gradient for every parameter."""
+    config, _dataset, train, _valid, _test = prepared
+    model = build_with(config, train, rearec_mode="PRL", reasoning_steps=2, prl_pl_weight=0.7)
+    batch = next(iter(train))
+    torch.manual_seed(0)
+    loss = model.calculate_loss(batch)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    torch.manual_seed(0)                                   # same dropout masks and noise
+    steps, noisy = model.reason(batch["item_id_list"], batch["item_length"],
+                                noise=model.prl_noise_factor)
+    logits = steps @ model.item_embedding.weight.t()                      # [B, 3, N]
+    ce, target = torch.nn.CrossEntropyLoss(), batch["item_id"]
+    taus = [0.07 * 5.0 ** 2, 0.07 * 5.0, 0.07]
+    plain = (ce(logits[:, 2] / taus[2], target)
+             + 0.7 * ce(torch.cat([logits[:, 0] / taus[0], logits[:, 1] / taus[1]]),
+                        torch.cat([target, target]))
+             + model.prl_cl_weight * in_batch_info_nce(noisy, steps[:, 1:], 0.07))
+    plain_grads = torch.autograd.grad(plain, list(model.parameters()))
+    assert loss.item() == pytest.approx(plain.item(), rel=1e-6)
+    for got, want in zip(grads, plain_grads):
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
 
 
