@@ -149,7 +149,7 @@ def denormals_flushed(enabled: bool):
     ``enabled`` (``torch.set_flush_denormal``: x86 SSE3 FTZ/DAZ; a no-op where unsupported),
     then the previous state is restored. x86 CPUs process denormals far more slowly: ReaRec
     PRL with trained weights on Beauty's shape (softmax at tau = 0.07 over 12k items; 7 % of
-    the entries denormal) takes 1.5x as long per loss step with them
+    the entries denormal) takes 1.5-1.6x as long per loss step with them
     (``benchmarks/results/latent_train_cost.md``)."""
     if not enabled:
         yield
