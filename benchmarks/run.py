@@ -246,6 +246,7 @@ def run_single(spec: dict) -> dict:
     if resume is None and os.path.isfile(epoch_log):
         os.remove(epoch_log)                       # killed before any checkpoint: starts afresh
     earlier = read_epoch_log(epoch_log)
+    commit = git_commit()              # the code this process runs: HEAD may move while it trains
     result = run(spec["model"], spec["dataset"], config_dict=config, resume_file=resume)
     train_before, fit_before = before_resume(earlier, result["start_epoch"])
     result.update({"epoch_seconds_before_resume": train_before,
@@ -256,7 +257,7 @@ def run_single(spec: dict) -> dict:
     result["config"] = {k: (v if isinstance(v, (int, float, str, bool, list, dict, type(None)))
                             else str(v)) for k, v in final_config.final_config_dict.items()}
     result.update({"spec": {k: v for k, v in spec.items() if k != "dir"}, "machine": machine(),
-                   "git_commit": git_commit(), "resumed_from": resume,
+                   "git_commit": commit, "resumed_from": resume,
                    "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     tmp = os.path.join(spec["dir"], "result.json.tmp")
     with open(tmp, "w", encoding="utf-8") as f:

@@ -22,6 +22,31 @@ def write_suite(path, tiny_root, workdir, name="unit_suite"):
     return suite
 
 
+def test_result_records_the_commit_the_run_started_from(tiny_root, workdir, tmp_path,
+                                                        monkeypatch):
+    """A commit made while a run trains is not the code it ran: result.json keeps HEAD as it
+    was when the run's process started."""
+    from recbole_reaseq import quick_start
+
+    monkeypatch.setattr(bench, "HERE", str(tmp_path))
+    suite_file = tmp_path / "suite.yaml"
+    write_suite(suite_file, tiny_root, workdir)
+    spec = bench.expand(bench.load_suite(str(suite_file)))[0]
+    head = {"sha": "1111111"}
+    real_run = quick_start.run
+
+    def run_then_commit(*args, **kwargs):
+        result = real_run(*args, **kwargs)
+        head["sha"] = "2222222"                                  # committed during training
+        return result
+
+    monkeypatch.setattr(bench, "git_commit", lambda: head["sha"])
+    monkeypatch.setattr(quick_start, "run", run_then_commit)
+    bench.run_single(dict(spec, config=dict(spec["config"], epochs=1)))
+    stored = json.load(open(os.path.join(spec["dir"], "result.json")))
+    assert head["sha"] == "2222222" and stored["git_commit"] == "1111111"
+
+
 def test_suite_runs_skips_resumes_and_reports(tiny_root, workdir, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "HERE", str(tmp_path))          # runs/ under tmp
     suite_file = tmp_path / "suite.yaml"
