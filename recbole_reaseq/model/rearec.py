@@ -222,8 +222,8 @@ class ErlLoss(torch.autograd.Function):
     to the logits is ``p_j * (c_j - <p_j, c_j>)`` (the ``sg(p_i)`` terms contribute no
     gradient). So ``dL/dz_j = [p_j - onehot(y)] / (BK) - w p_j (c_j - <p_j, c_j>) / (BK(K-1))``.
     Autograd through :func:`pairwise_kl_diversity` makes about three times as many passes over
-    the ``[B, K, N]`` tensors (on Beauty, 12k items, that was 0.6 s of a batch's loss against
-    0.4 s fused; tested equal in value and gradient).
+    the ``[B, K, N]`` tensors: a training step on Beauty's shape took 1.3x as long with it
+    (``benchmarks/results/latent_train_cost.md``; tested equal in value and gradient).
     """
 
     @staticmethod
