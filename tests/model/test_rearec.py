@@ -138,6 +138,21 @@ def test_pairwise_kl_equals_hand_computation():
     assert pairwise_kl_diversity(p.log()).item() == pytest.approx((kl_10 + kl_01) / 2, rel=1e-6)
 
 
+def assert_same_loss_and_gradients(model, batch, plain):
+    """``model.calculate_loss(batch)`` and ``plain()`` (the loss written out), both after
+    ``torch.manual_seed(0)`` (same dropout masks and noise): same value, same gradient for
+    every parameter."""
+    torch.manual_seed(0)
+    loss = model.calculate_loss(batch)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    torch.manual_seed(0)
+    expected = plain()
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()))
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    for got, want in zip(grads, expected_grads):
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
+
+
 def test_fused_erl_loss_equals_the_autograd_definition_values_and_gradients():
     """ErlLoss (closed-form gradient) = mean CE - w * pairwise_kl_diversity through autograd,
     in value and gradient (float64; finite differences do not apply: the loss has a
@@ -164,23 +179,19 @@ def test_erl_loss_equals_the_unshared_formula_values_and_gradients(prepared):
     config, _dataset, train, _valid, _test = prepared
     model = build_with(config, train, rearec_mode="ERL", reasoning_steps=2, erl_kl_weight=0.3)
     batch = next(iter(train))
-    torch.manual_seed(0)
-    fused = model.calculate_loss(batch)
-    fused_grads = torch.autograd.grad(fused, list(model.parameters()))
-    torch.manual_seed(0)                                   # same dropout masks
-    steps, _ = model.reason(batch["item_id_list"], batch["item_length"])
-    logits = steps @ model.item_embedding.weight.t()                      # [B, K, N]
-    k = logits.shape[1]
-    ce = torch.nn.CrossEntropyLoss()(logits.reshape(-1, logits.shape[-1]),
-                                     batch["item_id"].repeat_interleave(k))
-    log_p, log_q = logits.log_softmax(-1), logits.detach().log_softmax(-1)
-    kl = torch.stack([(log_p[:, j].exp() * (log_p[:, j] - log_q[:, i])).sum(-1)
-                      for j in range(k) for i in range(k) if i != j], 1).mean()
-    plain = ce - 0.3 * kl
-    plain_grads = torch.autograd.grad(plain, list(model.parameters()))
-    assert fused.item() == pytest.approx(plain.item(), rel=1e-6)
-    for got, want in zip(fused_grads, plain_grads):
-        assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
+
+    def plain():
+        steps, _ = model.reason(batch["item_id_list"], batch["item_length"])
+        logits = steps @ model.item_embedding.weight.t()                  # [B, K, N]
+        k = logits.shape[1]
+        ce = torch.nn.CrossEntropyLoss()(logits.reshape(-1, logits.shape[-1]),
+                                         batch["item_id"].repeat_interleave(k))
+        log_p, log_q = logits.log_softmax(-1), logits.detach().log_softmax(-1)
+        kl = torch.stack([(log_p[:, j].exp() * (log_p[:, j] - log_q[:, i])).sum(-1)
+                          for j in range(k) for i in range(k) if i != j], 1).mean()
+        return ce - 0.3 * kl
+
+    assert_same_loss_and_gradients(model, batch, plain)
 
 
 def test_prl_loss_equals_the_per_term_formula_values_and_gradients(prepared):
@@ -190,23 +201,19 @@ def test_prl_loss_equals_the_per_term_formula_values_and_gradients(prepared):
     config, _dataset, train, _valid, _test = prepared
     model = build_with(config, train, rearec_mode="PRL", reasoning_steps=2, prl_pl_weight=0.7)
     batch = next(iter(train))
-    torch.manual_seed(0)
-    loss = model.calculate_loss(batch)
-    grads = torch.autograd.grad(loss, list(model.parameters()))
-    torch.manual_seed(0)                                   # same dropout masks and noise
-    steps, noisy = model.reason(batch["item_id_list"], batch["item_length"],
-                                noise=model.prl_noise_factor)
-    logits = steps @ model.item_embedding.weight.t()                      # [B, 3, N]
-    ce, target = torch.nn.CrossEntropyLoss(), batch["item_id"]
-    taus = [0.07 * 5.0 ** 2, 0.07 * 5.0, 0.07]
-    plain = (ce(logits[:, 2] / taus[2], target)
-             + 0.7 * ce(torch.cat([logits[:, 0] / taus[0], logits[:, 1] / taus[1]]),
-                        torch.cat([target, target]))
-             + model.prl_cl_weight * in_batch_info_nce(noisy, steps[:, 1:], 0.07))
-    plain_grads = torch.autograd.grad(plain, list(model.parameters()))
-    assert loss.item() == pytest.approx(plain.item(), rel=1e-6)
-    for got, want in zip(grads, plain_grads):
-        assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
+
+    def plain():
+        steps, noisy = model.reason(batch["item_id_list"], batch["item_length"],
+                                    noise=model.prl_noise_factor)
+        logits = steps @ model.item_embedding.weight.t()                  # [B, 3, N]
+        ce, target = torch.nn.CrossEntropyLoss(), batch["item_id"]
+        taus = [0.07 * 5.0 ** 2, 0.07 * 5.0, 0.07]
+        return (ce(logits[:, 2] / taus[2], target)
+                + 0.7 * ce(torch.cat([logits[:, 0] / taus[0], logits[:, 1] / taus[1]]),
+                           torch.cat([target, target]))
+                + model.prl_cl_weight * in_batch_info_nce(noisy, steps[:, 1:], 0.07))
+
+    assert_same_loss_and_gradients(model, batch, plain)
 
 
 @pytest.mark.parametrize("overrides,message", [
