@@ -31,6 +31,7 @@ BLOCKS = {
     "LEADERBOARD_RANKING": ("leaderboard_beauty", "ranking", "SASRec"),
     "LEADERBOARD_COST": ("leaderboard_beauty", "cost"),
     "LEADERBOARD_ML100K": ("leaderboard_ml100k", "ctr"),
+    "LEADERBOARD_ML100K_RANKING": ("leaderboard_ml100k", "ranking", "SASRec"),
     "LEADERBOARD_ML100K_COST": ("leaderboard_ml100k", "cost"),
     "TABLE3": ("table3_beauty", "ctr"),
     "TABLE4": ("table4_beauty", "ctr"),
