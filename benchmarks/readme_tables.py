@@ -33,6 +33,7 @@ BLOCKS = {
     "LEADERBOARD_ML100K": ("leaderboard_ml100k", "ctr"),
     "LEADERBOARD_ML100K_RANKING": ("leaderboard_ml100k", "ranking", "SASRec"),
     "LEADERBOARD_ML100K_COST": ("leaderboard_ml100k", "cost"),
+    "GSU_K_ML100K": ("gsu_k_ml100k", "ctr"),
     "TABLE3": ("table3_beauty", "ctr"),
     "TABLE4": ("table4_beauty", "ctr"),
     "ML100K": ("table3_ml100k", "ctr"),
