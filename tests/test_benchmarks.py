@@ -303,18 +303,16 @@ def test_shipped_suites_sharing_a_store_agree_on_shared_runs():
     """Two suites that name one store and one run id must not ask for different values of a key
     both set (the runner's reuse rule): the run is trained once and reused by both. Checked
     before any run exists, unlike the stored-result check above."""
-    first = {}
+    asked = {}                       # run dir -> {key: (first suite setting it, its value)}
     shared = 0
     for path in SHIPPED_SUITES:
+        name = os.path.basename(path)
         for spec in bench.expand(bench.load_suite(path)):
-            if spec["dir"] not in first:
-                first[spec["dir"]] = (os.path.basename(path), spec["config"])
-                continue
-            shared += 1
-            other, config = first[spec["dir"]]
-            differ = {k for k in config.keys() & spec["config"].keys()
-                      if json.dumps(config[k], default=str) != json.dumps(spec["config"][k],
-                                                                          default=str)}
-            assert not differ, (f"{spec['run_id']}: {other} and {os.path.basename(path)} set "
-                                f"{sorted(differ)} differently")
+            shared += spec["dir"] in asked
+            keys = asked.setdefault(spec["dir"], {})
+            for key, value in spec["config"].items():
+                value = json.dumps(value, sort_keys=True, default=str)
+                other, before = keys.setdefault(key, (name, value))
+                assert before == value, (f"{spec['run_id']}: {other} and {name} set {key} "
+                                         f"differently ({before} vs {value})")
     assert shared > 0                                   # the shipped suites do share runs
