@@ -162,17 +162,19 @@ def plan(specs: list[dict]) -> list[dict]:
 
     ``state``: ``done`` (result stored), ``part`` (epochs logged in ``epochs.jsonl``, so it will
     resume) or ``todo``. ``estimate``: seconds still needed, from the finished runs of the same
-    name and data set (mean ``wall_seconds``, minus the time a partial run already logged, at
-    least 0), else (``by_model``) from those of the same model and data set; ``None`` when
-    neither has finished. A resumed run's ``wall_seconds`` covers its last process only, so
-    estimates from resumed runs are low."""
+    name and data set (mean of their total time, minus the time a partial run already logged,
+    at least 0), else (``by_model``) from those of the same model and data set; ``None`` when
+    neither has finished. A finished run's total time is ``wall_seconds`` (its last process)
+    plus, for a resumed run, the epoch time its checkpoint inherited
+    (``fit_seconds_before_resume``)."""
     results = {s["run_id"]: stored_result(s) for s in specs}
     walls = {}
     for spec in specs:
         result = results[spec["run_id"]]
         if result is not None and result.get("wall_seconds") is not None:
             for key in ((spec["name"], spec["dataset"]), ("model", spec["model"], spec["dataset"])):
-                walls.setdefault(key, []).append(result["wall_seconds"])
+                walls.setdefault(key, []).append(
+                    result["wall_seconds"] + result.get("fit_seconds_before_resume", 0.0))
     rows = []
     for spec in specs:
         events = read_epoch_log(os.path.join(spec["dir"], "epochs.jsonl"))

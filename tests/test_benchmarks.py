@@ -159,10 +159,13 @@ def test_list_states_and_time_estimates(tiny_root, workdir, tmp_path, monkeypatc
     suite_file.write_text(yaml.safe_dump(suite))
     specs = bench.expand(bench.load_suite(str(suite_file)))
     by_id = {s["run_id"]: s for s in specs}
-    for seed, wall in ((1, 600.0), (2, 900.0)):                # SASRec seeds 1, 2 finished
+    # SASRec seeds 1, 2 finished; seed 2 was resumed: 500 s in its last process after 400 s of
+    # epochs inherited from its checkpoint, 900 s in all
+    for seed, times in ((1, {"wall_seconds": 600.0}),
+                        (2, {"wall_seconds": 500.0, "fit_seconds_before_resume": 400.0})):
         spec = by_id[f"SASRec__tiny__ranking__seed{seed}"]
         os.makedirs(spec["dir"])
-        json.dump({"wall_seconds": wall, "spec": {"config": spec["config"]}},
+        json.dump(dict(times, spec={"config": spec["config"]}),
                   open(os.path.join(spec["dir"], "result.json"), "w"))
     partial = by_id["SASRec__tiny__ranking__seed3"]["dir"]     # 2 epochs logged, 200 s
     os.makedirs(partial)
