@@ -19,24 +19,35 @@ import torch.nn.functional as F
 
 __all__ = ["masked_topk", "masked_topk_similar", "gather_positions", "masked_attention",
            "CrossAttention", "TargetAttention", "AnchorCompressor", "dedup_retrieved",
-           "project_kv_naive", "project_kv_dedup", "KnowledgeIndex"]
+           "project_kv_naive", "project_kv_dedup", "KnowledgeIndex", "TIE_BREAKS"]
 
 
 # =====================================================================================  GSU
-def masked_topk(scores: torch.Tensor, mask: torch.Tensor, k: int
+TIE_BREAKS = ("earlier", "later")
+
+
+def masked_topk(scores: torch.Tensor, mask: torch.Tensor, k: int, ties: str = "earlier"
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` positions of ``scores`` [..., L] among ``mask`` [..., L] (bool, True = real).
 
-    Padding is filled with ``-inf`` BEFORE the selection. Ties are broken deterministically: the
-    earlier position wins (stable sort). Returns ``(idx [..., k], valid [..., k])``, best first;
-    ``valid`` is ``mask`` gathered at ``idx``. Slots beyond the number of real positions (short
-    histories, or ``L < k``) have ``valid=False`` and ``idx=0``.
+    Padding is filled with ``-inf`` BEFORE the selection. Ties are broken deterministically by
+    position: ``ties="earlier"`` (the default) puts the earlier of equal scores first, ``"later"``
+    the later one (stable sort; on a left-aligned history, later = more recent). Returns
+    ``(idx [..., k], valid [..., k])``, best first; ``valid`` is ``mask`` gathered at ``idx``.
+    Slots beyond the number of real positions (short histories, or ``L < k``) have
+    ``valid=False`` and ``idx=0``.
     """
     if scores.shape != mask.shape:
         raise ValueError(f"scores {tuple(scores.shape)} and mask {tuple(mask.shape)} differ")
+    if ties not in TIE_BREAKS:
+        raise ValueError(f"ties must be one of {TIE_BREAKS}, got {ties!r}.")
     length = scores.shape[-1]
     filled = scores.masked_fill(~mask, float("-inf"))                 # [..., L]
-    order = torch.sort(filled, dim=-1, descending=True, stable=True).indices
+    if ties == "earlier":
+        order = torch.sort(filled, dim=-1, descending=True, stable=True).indices
+    else:                                       # sort the reversed positions, map back
+        order = length - 1 - torch.sort(filled.flip(-1), dim=-1, descending=True,
+                                        stable=True).indices          # [..., L]
     kk = min(k, length)
     idx = order[..., :kk]                                             # [..., kk]
     valid = mask.gather(-1, idx)                                      # [..., kk]
@@ -47,8 +58,8 @@ def masked_topk(scores: torch.Tensor, mask: torch.Tensor, k: int
     return idx.masked_fill(~valid, 0), valid
 
 
-def masked_topk_similar(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, k: int
-                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+def masked_topk_similar(query: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor, k: int,
+                        ties: str = "earlier") -> Tuple[torch.Tensor, torch.Tensor]:
     """GSU: the ``k`` history positions most cosine-similar to the target.
 
     query [B, D], keys [B, L, D], mask [B, L] bool -> (idx [B, k], valid [B, k] bool). Zero vectors
@@ -57,7 +68,7 @@ def masked_topk_similar(query: torch.Tensor, keys: torch.Tensor, mask: torch.Ten
     q = F.normalize(query, dim=-1)                                    # [B, D]
     kn = F.normalize(keys, dim=-1)                                    # [B, L, D]
     sims = torch.einsum("bd,bld->bl", q, kn)                          # [B, L]
-    return masked_topk(sims, mask, k)
+    return masked_topk(sims, mask, k, ties)
 
 
 def gather_positions(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

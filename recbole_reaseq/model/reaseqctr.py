@@ -32,8 +32,12 @@ an embedding of the history length (``use_context``); the paper's production con
 (time, scene, ...) do not exist in the public data sets.
 NOTE: the SID embedding sums all ``L + 1`` code levels, including the collision index that makes
 each item's code unique; codes are shifted so that 0 = padding and 1 = an item without artefacts.
-NOTE: GSU ties (equal cosine, e.g. items with identical knowledge texts) go to the earlier history
-position; retrieved slots beyond the history length are masked.
+NOTE: GSU ties (equal cosine, e.g. items with identical knowledge texts) go to the earlier (older)
+history position by default; ``gsu_tie_break: recent`` gives them to the more recent one. The paper
+does not say. ``older`` stays the default because every stored benchmark run used it; ties are
+rare on Beauty and common on ml-100k, whose offline knowledge is the genres only
+(``benchmarks/suites/gsu_k_ml100k.yaml`` compares the two). Retrieved slots beyond the history
+length are masked.
 NOTE: the frozen knowledge embeddings (L2-normalised) and the SID codes are persistent buffers, so a
 checkpoint reproduces its predictions even if the artefacts are rebuilt later.
 NOTE: ``ctr_score_with_full_sort`` is off in ``ReaSeqCTR.yaml``: the CTR track scores the 100
@@ -104,6 +108,7 @@ logger = logging.getLogger(__name__)
 PATHWAYS = ("retrieval", "compression")
 KV_MODES = ("positions", "dedup", "naive")
 USER_PROFILES = ("pooled", "user_id", "none")
+GSU_TIE_BREAKS = {"older": "earlier", "recent": "later"}  # config value -> masked_topk(ties=)
 _PREDICT_ROWS = 4096  # rows per slice in predict
 
 
@@ -121,6 +126,7 @@ class ReaSeqCTR(SequentialRecommender):
         self.hidden_size = config["hidden_size"]
         self.n_heads = config["n_heads"]
         self.top_k = config["gsu_top_k"]
+        self.gsu_tie_break = config["gsu_tie_break"] or "older"
         self.n_anchors = config["n_anchors"]
         self.mlp_hidden_size = list(config["mlp_hidden_size"])
         self.dropout_prob = config["dropout_prob"]
@@ -131,6 +137,9 @@ class ReaSeqCTR(SequentialRecommender):
         self.use_item_id = bool(config["use_item_id"])
         self.use_context = bool(config["use_context"])
         self.user_profile = config["user_profile"] or "none"
+        if self.gsu_tie_break not in GSU_TIE_BREAKS:
+            raise ValueError(f"config gsu_tie_break must be one of {tuple(GSU_TIE_BREAKS)}, got "
+                             f"{self.gsu_tie_break!r}.")
         if self.user_profile not in USER_PROFILES:
             raise ValueError(f"config user_profile must be one of {USER_PROFILES}, got "
                              f"{self.user_profile!r}.")
@@ -320,7 +329,8 @@ class ReaSeqCTR(SequentialRecommender):
         query = self.knowledge_unit[items]                                  # [B, C, D]
         sims = torch.einsum("bcd,bld->bcl", query, state["hist_knowledge"])  # [B, C, L]
         mask = state["mask"].unsqueeze(1).expand_as(sims)                   # [B, C, L]
-        return masked_topk(sims, mask, self.top_k)                          # [B, C, K] x 2
+        return masked_topk(sims, mask, self.top_k,
+                           GSU_TIE_BREAKS[self.gsu_tie_break])              # [B, C, K] x 2
 
     def retrieved_items(self, state: dict, idx: torch.Tensor, valid: torch.Tensor):
         """Item ids [B, C, K] at the retrieved positions (0 = padding at invalid slots; also 0 at

@@ -14,22 +14,25 @@ from recbole_reaseq.model.layers import (AnchorCompressor, CrossAttention, Knowl
                                          project_kv_dedup, project_kv_naive)
 
 
-def brute_force_topk(query, keys, mask, k):
-    """Reference GSU: float64 cosine, real positions only, ties to the earlier position."""
+def brute_force_topk(query, keys, mask, k, ties="earlier"):
+    """Reference GSU: float64 cosine, real positions only, ties to the earlier (or later)
+    position."""
     out_idx, out_valid = [], []
     for q, ks, m in zip(query.double(), keys.double(), mask):
         cands = []
         for j in range(len(ks)):
             if m[j]:
                 denom = max(float(q.norm()), 1e-12) * max(float(ks[j].norm()), 1e-12)
-                cands.append((-float(q @ ks[j]) / denom, j))
-        chosen = [j for _, j in sorted(cands)][:k]
+                cosine = round(float(q @ ks[j]) / denom, 9)  # equal directions tie exactly
+                cands.append((-cosine, j if ties == "earlier" else -j))
+        chosen = [abs(j) for _, j in sorted(cands)][:k]
         out_idx.append(chosen + [0] * (k - len(chosen)))
         out_valid.append([True] * len(chosen) + [False] * (k - len(chosen)))
     return torch.tensor(out_idx), torch.tensor(out_valid)
 
 
-def test_gsu_equals_brute_force_with_ties_short_histories_and_no_padding():
+@pytest.mark.parametrize("ties,tied", [("earlier", [1, 3, 6]), ("later", [6, 3, 1])])
+def test_gsu_equals_brute_force_with_ties_short_histories_and_no_padding(ties, tied):
     gen = torch.Generator().manual_seed(0)
     n_rows, length, dim, k = 6, 9, 5, 4
     keys = torch.randn(n_rows, length, dim, generator=gen)
@@ -42,11 +45,11 @@ def test_gsu_equals_brute_force_with_ties_short_histories_and_no_padding():
     # padding positions hold the query itself: the most similar vectors there are
     keys[~mask] = query.unsqueeze(1).expand(-1, length, -1)[~mask]
 
-    idx, valid = masked_topk_similar(query, keys, mask, k)
-    ref_idx, ref_valid = brute_force_topk(query, keys, mask, k)
+    idx, valid = masked_topk_similar(query, keys, mask, k, ties)
+    ref_idx, ref_valid = brute_force_topk(query, keys, mask, k, ties)
     assert idx.shape == valid.shape == (n_rows, k)
     assert torch.equal(valid, ref_valid) and torch.equal(idx, ref_idx)
-    assert idx[0, :3].tolist() == [1, 3, 6]                   # the tie, earliest position first
+    assert idx[0, :3].tolist() == tied                        # the tie, in the asked order
     assert valid.sum(1).tolist() == [4, 4, 4, 2, 1, 0]
     assert mask.gather(1, idx)[valid].all()                   # never a padding position
     assert (idx[~valid] == 0).all()
@@ -61,6 +64,13 @@ def test_gsu_k_larger_than_history_width():
                               [True, True, True, False, False]]
     idx3, valid3 = masked_topk(scores.unsqueeze(1), mask.unsqueeze(1), 1)   # extra batch dims
     assert idx3.squeeze(1).tolist() == [[1], [0]] and valid3.all()
+    # ties to the later position: row 1's three equal scores reversed; row 0 has no tie
+    idx, valid = masked_topk(scores, mask, 5, ties="later")
+    assert idx.tolist() == [[1, 0, 0, 0, 0], [2, 1, 0, 0, 0]]
+    assert valid.tolist() == [[True, True, False, False, False],
+                              [True, True, True, False, False]]
+    with pytest.raises(ValueError, match="ties must be one of"):
+        masked_topk(scores, mask, 2, ties="recent")
 
 
 def test_gather_positions():

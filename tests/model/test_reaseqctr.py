@@ -302,6 +302,24 @@ def test_bad_pathway_config_is_refused():
     assert ReaSeqCTR._parse_pathways("compression") == ("compression",)
 
 
+def test_gsu_tie_break_older_or_recent(prepared):
+    """Item 5 four times in a history, target 5: four exact cosine ties for K = 3 slots. ``older``
+    keeps the first three positions, ``recent`` the last three (most recent first); a wrong value
+    is refused with the key named."""
+    config, dataset = prepared[:2]
+    seq = torch.tensor([[5, 5, 5, 5, 7, 0]])                    # [B=1, L=6], length 5
+    for tie, expected in (("older", [0, 1, 2]), ("recent", [3, 2, 1])):
+        model = build(config, dataset, gsu_tie_break=tie)
+        unit = model.knowledge_unit
+        assert unit[5].norm() > 0.5 and float(unit[5] @ unit[7]) < 0.99   # 7 ranks below the ties
+        with torch.no_grad():
+            state = model.encode_user(torch.tensor([1]), seq, torch.tensor([5]))
+            idx, valid = model.retrieve(state, torch.tensor([[5]]))       # [1, 1, K] x 2
+        assert idx[0, 0].tolist() == expected and valid.all(), tie
+    with pytest.raises(ValueError, match="gsu_tie_break"):
+        build(config, dataset, gsu_tie_break="newest")
+
+
 # ---------------------------------------------------------------------------------  end to end
 def test_run_ctr_end_to_end_builds_artefacts_and_checkpoint_reloads(tiny_root, workdir):
     config = tiny_config(tiny_root, workdir, eval_protocol="ctr", epochs=2,
