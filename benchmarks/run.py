@@ -48,10 +48,15 @@ def load_suite(path: str) -> dict:
     for key in ("suite", "datasets", "seeds", "runs"):
         if key not in suite:
             raise KeyError(f"suite file {path} lacks the key '{key}'")
+    from recbole_reaseq.config import EVAL_PROTOCOLS
+
     for i, run in enumerate(suite["runs"]):
         for key in ("model", "protocol"):
             if key not in run:
                 raise KeyError(f"{path}: runs[{i}] lacks the key '{key}'")
+        if run["protocol"] not in EVAL_PROTOCOLS:
+            raise ValueError(f"{path}: runs[{i}] ({run['model']}) has protocol "
+                             f"{run['protocol']!r}; use one of {EVAL_PROTOCOLS}")
     return suite
 
 

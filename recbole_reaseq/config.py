@@ -31,6 +31,8 @@ from recbole_reaseq import registry
 
 from recbole.config import Config as _RecBoleConfig  # noqa: E402  (after compat)
 
+EVAL_PROTOCOLS = ("ranking", "ctr")  # values of eval_protocol / report_protocols (README "Evaluation protocols")
+
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(PACKAGE_DIR)
 DATA_PATH_ENV = "REASEQ_DATA_PATH"

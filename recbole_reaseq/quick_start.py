@@ -33,7 +33,7 @@ import time
 
 from recbole_reaseq import compat
 from recbole_reaseq import registry
-from recbole_reaseq.config import Config
+from recbole_reaseq.config import EVAL_PROTOCOLS, Config
 from recbole_reaseq.data.bucketing import LengthBucketedLoader
 from recbole_reaseq.data.candidates import load_or_build_candidates
 from recbole_reaseq.data.transforms import install_transforms
@@ -165,9 +165,12 @@ def denormals_flushed(enabled: bool):
 def make_config(model=None, dataset=None, config_file_list=None, config_dict=None, argv=None):
     config = Config(model=model, dataset=dataset, config_file_list=config_file_list,
                     config_dict=config_dict, argv=argv)
-    if config["eval_protocol"] not in ("ranking", "ctr"):
-        raise ValueError(f"eval_protocol must be 'ranking' or 'ctr', got "
+    if config["eval_protocol"] not in EVAL_PROTOCOLS:
+        raise ValueError(f"eval_protocol must be one of {EVAL_PROTOCOLS}, got "
                          f"'{config['eval_protocol']}'.")
+    unknown = [p for p in config["report_protocols"] or [] if p not in EVAL_PROTOCOLS]
+    if unknown:
+        raise ValueError(f"report_protocols may list only {EVAL_PROTOCOLS}, got {unknown}.")
     return config
 
 

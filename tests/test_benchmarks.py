@@ -147,6 +147,16 @@ def test_store_shared_between_suites_and_config_guard(tiny_root, workdir, tmp_pa
         bench.expand(suite)
 
 
+def test_suite_with_an_unknown_protocol_is_refused_at_load(tiny_root, workdir, tmp_path):
+    suite_file = tmp_path / "suite.yaml"
+    suite = write_suite(suite_file, tiny_root, workdir)
+    suite["runs"][1]["protocol"] = "pointwise"
+    suite_file.write_text(yaml.safe_dump(suite))
+    with pytest.raises(ValueError, match=r"runs\[1\] \(DIN\) has protocol 'pointwise'; use one "
+                                         r"of \('ranking', 'ctr'\)"):
+        bench.load_suite(str(suite_file))
+
+
 def test_list_states_and_time_estimates(tiny_root, workdir, tmp_path, monkeypatch, capsys):
     """--list: done / part (epochs logged, will resume) / todo, with the time still needed
     estimated from finished runs of the same name and data set (hand-computed below)."""
@@ -288,7 +298,7 @@ SHIPPED_SUITES = sorted(glob.glob(os.path.join(os.path.dirname(bench.__file__), 
 @pytest.mark.parametrize("path", SHIPPED_SUITES, ids=os.path.basename)
 def test_shipped_suite_is_runnable(path):
     """Every suite in benchmarks/suites parses and expands; each run names a registered model
-    (ours or RecBole's) and a known protocol; and every stored result.json a run would reuse
+    (ours or RecBole's) and a known protocol (``load_suite`` checks it); and every stored result.json a run would reuse
     agrees with the suite's config (otherwise the runner stops at that run, naming the keys)."""
     from recbole_reaseq import registry
 
@@ -296,7 +306,6 @@ def test_shipped_suite_is_runnable(path):
     assert specs
     for spec in specs:
         assert registry.get_model(spec["model"]) is not None      # raises for an unknown name
-        assert spec["protocol"] in ("ctr", "ranking")
         result = bench.stored_result(spec)                        # raises on a config mismatch
         if result is not None:
             assert (result["model"], result["seed"]) == (spec["model"], spec["seed"])

@@ -112,6 +112,16 @@ def test_default_protocol_per_model(model, protocol, tiny_root, workdir):
     assert Config(model, "tiny", config_dict=cfg)["eval_protocol"] == protocol
 
 
+@pytest.mark.parametrize("override,message", [
+    ({"eval_protocol": "CTR"}, r"eval_protocol must be one of \('ranking', 'ctr'\), got 'CTR'"),
+    ({"report_protocols": ["ctr", "auc"]}, r"report_protocols may list only .* got \['auc'\]")])
+def test_unknown_protocol_is_refused_with_the_key_named(override, message, tiny_root, workdir):
+    from recbole_reaseq.quick_start import make_config
+
+    with pytest.raises(ValueError, match=message):
+        make_config("DIN", "tiny", config_dict=tiny_config(tiny_root, workdir, **override))
+
+
 def test_recbole_ensure_dir_survives_a_concurrent_mkdir(tmp_path, monkeypatch):
     """Two DDP ranks: both see the folder missing, the other rank creates it first (compat 7)."""
     import os
