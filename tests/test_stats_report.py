@@ -223,3 +223,18 @@ def test_readme_block_marks_mixed_tables(tmp_path, monkeypatch):
              "runs": [{"model": "Base", "protocol": "ctr"}, {"model": "Ours", "protocol": "ctr"}]}
     names = [line.split(" | ")[0] for line in readme_tables.block(suite, "ctr").splitlines()[2:]]
     assert names == ["| Base", "| Ours †"]
+
+
+def test_gsu_tie_stats_hand_computed():
+    """benchmarks/gsu_ties.py: four (user, candidate) rows, K = 2, history width 4."""
+    import torch
+
+    from benchmarks.gsu_ties import tie_stats
+
+    sims = torch.tensor([[0.9, 0.5, 0.5, 0.1],    # tie at slots 2/3: older {0, 1}, recent {0, 2}
+                         [0.5, 0.5, 0.5, 0.9],    # 3-way tie below the best: {3, 0} vs {3, 2}
+                         [0.5, 0.9, 0.5, 0.7],    # tie below slot 2: both {1, 3}
+                         [0.5, 0.5, 0.9, 0.9]])   # 2 real items only (short): both {0, 1}
+    mask = torch.tensor([[True] * 4, [True] * 4, [True] * 4, [True, True, False, False]])
+    assert tie_stats(sims, mask, 2) == {"pairs": 4, "long": 3, "differ": 2, "boundary": 2,
+                                        "shared": 0.5 + 0.5 + 1.0}
