@@ -26,6 +26,14 @@ def write_csv(path: str, rows: list) -> None:
         writer.writerows(rows)
 
 
+def write_markdown(stem: str, lines: list) -> None:
+    """``lines`` joined as ``<stem>.md`` (the folder is created), and printed."""
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+    with open(stem + ".md", "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def markdown_table(rows: list) -> str:
     """``rows`` (dicts with the same keys) as a Markdown table, header from the first row."""
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]

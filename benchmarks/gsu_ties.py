@@ -20,7 +20,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import cpu_model, markdown_table, write_csv  # noqa: E402
+from benchmarks.common import (cpu_model, markdown_table, write_csv,  # noqa: E402
+                               write_markdown)
 from recbole_reaseq.quick_start import make_config, prepare_data  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -123,9 +124,7 @@ def main(argv=None) -> int:
             f"Command: `python benchmarks/gsu_ties.py --datasets {' '.join(args.datasets)} "
             f"--k {args.k}`. Machine: {cpu_model()}. Seed {args.seed} (only the data loading "
             "order; the counts do not depend on it)."]
-    with open(out + ".md", "w", encoding="utf-8") as f:
-        f.write("\n".join(text) + "\n")
-    print("\n".join(text))
+    write_markdown(out, text)
     return 0
 
 

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.common import cpu_model, markdown_table, write_csv  # noqa: E402
+from benchmarks.common import (cpu_model, markdown_table, write_csv,  # noqa: E402
+                               write_markdown)
 from benchmarks.run import expand, load_suite  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -179,9 +180,7 @@ def main(argv=None) -> int:
             "the control for what picking the best of 3 scorers per user gives without any "
             "reasoning.", "", markdown_table(shown), "",
             f"Command: `python benchmarks/latent_ceiling.py`. Machine: {cpu_model()}."]
-    with open(out + ".md", "w", encoding="utf-8") as f:
-        f.write("\n".join(text) + "\n")
-    print("\n".join(text))
+    write_markdown(out, text)
     return 0
 
 
