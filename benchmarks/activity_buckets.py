@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 from benchmarks.common import write_csv  # noqa: E402
-from benchmarks.report import collect, per_user  # noqa: E402
+from benchmarks.report import choose_baseline, collect, per_user  # noqa: E402
 from benchmarks.run import expand, load_suite  # noqa: E402
 
 # bucket edges in TRAINING ITEMS (5-core Beauty: every user has >= 3)
@@ -58,13 +58,13 @@ def main(argv=None):
     parser.add_argument("suite")
     args = parser.parse_args(argv)
     suite = load_suite(args.suite)
-    baseline = suite.get("baseline")
-    if not baseline:
+    if not suite.get("baseline"):
         raise KeyError(f"{args.suite} names no 'baseline' run")
     table = collect(expand(suite))
     out = os.path.join(HERE, "results", f"{suite['suite']}_activity")
     rows, lines = [], []
     for (dataset, protocol), models in sorted(table.items()):
+        baseline = choose_baseline(suite["baseline"], models, protocol)
         if protocol != "ctr" or baseline not in models:
             continue
         base_model = next(r["result"] for r in models[baseline])["spec"]["model"]

@@ -19,8 +19,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from benchmarks.report import (PAIRED, collect, epoch_seconds, fit_seconds, fmt_p,  # noqa: E402
-                               mean_std, mixed_tables, significance)
+from benchmarks.report import (PAIRED, choose_baseline, collect, epoch_seconds,  # noqa: E402
+                               fit_seconds, fmt_p, mean_std, mixed_tables, significance)
 from benchmarks.run import expand, load_suite  # noqa: E402
 from benchmarks.stats import marker  # noqa: E402
 
@@ -28,10 +28,10 @@ README = os.path.join(os.path.dirname(HERE), "README.md")
 # README marker -> (suite file name, track[, baseline if not the suite's])
 BLOCKS = {
     "LEADERBOARD": ("leaderboard_beauty", "ctr"),
-    "LEADERBOARD_RANKING": ("leaderboard_beauty", "ranking", "SASRec"),
+    "LEADERBOARD_RANKING": ("leaderboard_beauty", "ranking"),
     "LEADERBOARD_COST": ("leaderboard_beauty", "cost"),
     "LEADERBOARD_ML100K": ("leaderboard_ml100k", "ctr"),
-    "LEADERBOARD_ML100K_RANKING": ("leaderboard_ml100k", "ranking", "SASRec"),
+    "LEADERBOARD_ML100K_RANKING": ("leaderboard_ml100k", "ranking"),
     "LEADERBOARD_ML100K_COST": ("leaderboard_ml100k", "cost"),
     "GSU_K_ML100K": ("gsu_k_ml100k", "ctr"),
     "TABLE3": ("table3_beauty", "ctr"),
@@ -83,18 +83,13 @@ def block(suite: dict, track: str, baseline: str | None = None) -> str:
     table = collect(expand(suite))
     if track == "cost":
         return cost_block(table)
-    baseline = baseline or suite.get("baseline")
-    metric = PAIRED[track][1]
-    if track == "ctr":
-        head = (f"| model | seeds | AUC | GAUC | LogLoss | cold GAUC | hot GAUC | Δ GAUC vs "
-                f"{baseline} [95 % CI] | p (Wilcoxon) |")
-    else:
-        head = (f"| model | seeds | HR@10 | NDCG@10 | MRR@10 | Δ {metric} vs {baseline} "
-                f"[95 % CI] | p (Wilcoxon) | CTR-track GAUC |")
-    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    wanted = baseline or suite.get("baseline")
+    lines, chosen = [], []
     for (dataset, protocol), models in sorted(table.items()):
         if protocol != track:
             continue
+        baseline = choose_baseline(wanted, models, protocol)
+        chosen.append(baseline)
         tests = significance(models, baseline, PAIRED[track][0]) if baseline else {}
         for name, runs in models.items():
             cols = CTR if track == "ctr" else RANKING
@@ -105,7 +100,15 @@ def block(suite: dict, track: str, baseline: str | None = None) -> str:
                 cells.append(mean_std([r["test"]["gauc"] for r in ctr if "gauc" in r["test"]]))
             mark = " †" if mixed_tables(runs) else ""     # seeds read different frozen tables
             lines.append(f"| {name}{mark} | {len(runs)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    against = ("/".join(dict.fromkeys(b for b in chosen if b))
+               or (wanted if isinstance(wanted, str) else "the best baseline"))
+    if track == "ctr":
+        head = (f"| model | seeds | AUC | GAUC | LogLoss | cold GAUC | hot GAUC | Δ GAUC vs "
+                f"{against} [95 % CI] | p (Wilcoxon) |")
+    else:
+        head = (f"| model | seeds | HR@10 | NDCG@10 | MRR@10 | Δ {PAIRED[track][1]} vs "
+                f"{against} [95 % CI] | p (Wilcoxon) | CTR-track GAUC |")
+    return "\n".join([head, "|" + "---|" * head.count(" | ") + "---|"] + lines)
 
 
 def main(argv=None) -> int:

@@ -238,3 +238,43 @@ def test_gsu_tie_stats_hand_computed():
     mask = torch.tensor([[True] * 4, [True] * 4, [True] * 4, [True, True, False, False]])
     assert tie_stats(sims, mask, 2) == {"pairs": 4, "long": 3, "differ": 2, "boundary": 2,
                                         "shared": 0.5 + 0.5 + 1.0}
+
+
+def test_baseline_list_picks_the_best_listed_row_per_track(tmp_path):
+    """``baseline: [names]``: per table, the listed row with the highest mean test GAUC (CTR) /
+    NDCG@10 (ranking); a row "NAME (early-stopped on P)" counts as NAME; unlisted rows never."""
+    def runs(key, *values):
+        return [{"test": {key: v}} for v in values]
+
+    ctr = {"Ours": runs("gauc", 0.9, 0.9), "DIN": runs("gauc", 0.70, 0.72),
+           "DIEN": runs("gauc", 0.69), "SASRec (early-stopped on ranking)": runs("gauc", 0.75)}
+    listed = ["DIN", "DIEN", "SASRec"]
+    assert report.choose_baseline(listed, ctr, "ctr") == "SASRec (early-stopped on ranking)"
+    assert report.choose_baseline(["DIN", "DIEN"], ctr, "ctr") == "DIN"     # 0.71 > 0.69
+    assert report.choose_baseline("DIEN", ctr, "ctr") == "DIEN"             # a name: as it is
+    assert report.choose_baseline(["GRU4Rec"], ctr, "ctr") is None
+    assert report.choose_baseline(None, ctr, "ctr") is None
+    ranking = {"SASRec": runs("ndcg@10", 0.040), "GRU4Rec": runs("ndcg@10", 0.041, 0.035)}
+    assert report.choose_baseline(listed + ["GRU4Rec"], ranking, "ranking") == "SASRec"
+    assert report.baseline_note(["DIN", "DIEN"], "DIN", "ctr") == (
+        "DIN, the best of the baselines DIN, DIEN on this track by mean test GAUC")
+    assert report.baseline_note("DIN", "DIN", "ctr") == "DIN"
+
+
+def test_report_with_a_baseline_list_names_the_choice(tmp_path):
+    model, base = known_inputs()
+    root = str(tmp_path)
+    write_run(root, "Base__toy__ctr__seed1", 1, {"auc": 0.6, "gauc": 0.5, "logloss": 0.5},
+              *base[1])
+    write_run(root, "Base__toy__ctr__seed2", 2, {"auc": 0.8, "gauc": 0.6}, *base[2])
+    write_run(root, "Ours__toy__ctr__seed1", 1, {"auc": 0.8, "gauc": 0.7}, *model[1], fit=150.0)
+    write_run(root, "Ours__toy__ctr__seed2", 2, {"gauc": 0.7}, *model[2], fit=150.0)
+    suite = {"suite": "fixture", "description": "Two models, two seeds.",
+             "baseline": ["Base", "Absent"], "_path": "suites/fixture.yaml"}
+    specs = [{"name": name, "dataset": "toy", "protocol": "ctr", "seed": seed,
+              "dir": os.path.join(root, f"{name}__toy__ctr__seed{seed}")}
+             for name in ("Base", "Ours") for seed in (1, 2)]
+    markdown, _rows = report.render(suite, report.collect(specs))
+    assert markdown == EXPECTED.replace(
+        "Paired test against Base (", "Paired test against Base, the best of the baselines "
+        "Base, Absent on this track by mean test GAUC (")
