@@ -64,8 +64,10 @@ def main(argv=None):
     out = os.path.join(HERE, "results", f"{suite['suite']}_activity")
     rows, lines = [], []
     for (dataset, protocol), models in sorted(table.items()):
+        if protocol != "ctr":
+            continue
         baseline = choose_baseline(suite["baseline"], models, protocol)
-        if protocol != "ctr" or baseline not in models:
+        if baseline not in models:
             continue
         base_model = next(r["result"] for r in models[baseline])["spec"]["model"]
         items = user_train_items(dataset, base_model)
@@ -106,7 +108,8 @@ def main(argv=None):
         lines.append("")
         plot(rows, [bucket_label(lo, hi) for lo, hi in BUCKETS], baseline, out + ".png")
     text = (f"# {suite['suite']}: gain by user activity\n\nPer-user test AUC averaged over each "
-            f"model's seeds, minus {baseline}'s, averaged within the bucket (= the GAUC "
+            "model's seeds, minus the baseline's (named per data set), averaged within the "
+            "bucket (= the GAUC "
             "difference on those users). Regenerate: `python benchmarks/activity_buckets.py "
             f"{os.path.relpath(args.suite, REPO)}`.\n\n" + "\n".join(lines))
     with open(out + ".md", "w", encoding="utf-8") as f:
