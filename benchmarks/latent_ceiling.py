@@ -71,9 +71,11 @@ def aligned(per_user: dict, users: np.ndarray) -> dict:
     return {m: np.asarray(per_user[m])[order] for m in METRICS}
 
 
-def evaluate_views(spec: dict, result: dict) -> tuple[np.ndarray, dict]:
-    """Reload the run's checkpoint; (users, {view name: {metric: [U]}}), own output included as
-    ``own``, which must reproduce the stored test metrics."""
+def evaluate_views(spec: dict, result: dict) -> tuple[np.ndarray, dict, tuple]:
+    """Reload the run's checkpoint; (users, {view name: {metric: [U]}}, (mean pairwise cosine
+    of the views, of the views after the first = the reasoning outputs) over the test users),
+    own output included as ``own``, which must reproduce the stored test metrics."""
+    from recbole_reaseq.model.plr import stream_similarity
     from recbole_reaseq.quick_start import build_trainer, evaluate_protocol, load_data_and_model
 
     checkpoints = sorted(glob.glob(os.path.join(spec["dir"], "*.pth")), key=os.path.getmtime)
@@ -96,9 +98,14 @@ def evaluate_views(spec: dict, result: dict) -> tuple[np.ndarray, dict]:
                                    f"stored test result: {off}")
             users = np.asarray(per_user["user_id"])
             views = {"own": aligned(per_user, users)}
+            cosines, weights = [], []             # rows: all views, the views after the first
             with torch.no_grad():
-                inter = next(iter(test_data))[0]
-                names, _ = latent_views(model, inter[model.ITEM_SEQ], inter[model.ITEM_SEQ_LEN])
+                for inter, *_ in test_data:                     # how alike the views are
+                    names, vectors = latent_views(model, inter[model.ITEM_SEQ],
+                                                  inter[model.ITEM_SEQ_LEN])    # [B, V, H]
+                    cosines.append([float(stream_similarity(vectors)) * len(vectors),
+                                    float(stream_similarity(vectors[:, 1:])) * len(vectors)])
+                    weights.append(len(vectors))
             for v, name in enumerate(names):
                 model.forward = (lambda seq, length, v=v:
                                  latent_views(model, seq, length)[1][:, v])    # [B, H]
@@ -109,7 +116,7 @@ def evaluate_views(spec: dict, result: dict) -> tuple[np.ndarray, dict]:
                 views[name] = aligned(per_user, users)
         finally:
             os.chdir(cwd)
-    return users, views
+    return users, views, tuple(np.sum(cosines, 0) / sum(weights))
 
 
 def stored_per_user(spec: dict, users: np.ndarray) -> dict:
@@ -119,9 +126,10 @@ def stored_per_user(spec: dict, users: np.ndarray) -> dict:
     return aligned(per_user, users)
 
 
-def rows_for(name: str, seed, views: dict, base: dict) -> list:
+def rows_for(name: str, seed, views: dict, base: dict, cosine=(None, None)) -> list:
     """Table rows: each view, the oracle over the views (own output excluded), ratios to the
-    model's own output and to the baseline (``base``: {metric: [U]})."""
+    model's own output and to the baseline (``base``: {metric: [U]}); ``cosine`` (the mean
+    pairwise cosine of all views, of the reasoning outputs) goes on the oracle row."""
     chosen = [v for v in views if v != "own"]
     best = {m: oracle(np.stack([views[v][m] for v in chosen])) for m in METRICS}
     out = []
@@ -132,6 +140,8 @@ def rows_for(name: str, seed, views: dict, base: dict) -> list:
         row["ndcg@10 / own"] = (row["ndcg@10"] / float(views["own"]["ndcg@10"].mean())
                                 if "own" in views else None)
         row["ndcg@10 / SASRec"] = row["ndcg@10"] / float(base["ndcg@10"].mean())
+        row["cosine: all views"] = cosine[0] if view.startswith("oracle") else None
+        row["cosine: reasoning outputs"] = cosine[1] if view.startswith("oracle") else None
         out.append(row)
     return out
 
@@ -154,9 +164,9 @@ def main(argv=None) -> int:
         if spec["model"] not in ("ReaRec", "PLR") or spec["seed"] not in baselines:
             continue
         print(f"[views] {spec['run_id']}", flush=True)
-        users, views = evaluate_views(spec, result)
+        users, views, cosine = evaluate_views(spec, result)
         base = stored_per_user(baselines[spec["seed"]], users)
-        rows += rows_for(spec["name"], spec["seed"], views, base)
+        rows += rows_for(spec["name"], spec["seed"], views, base, cosine)
     if users is None:
         print("no finished ReaRec / PLR run with a same-seed baseline")
         return 1
@@ -178,7 +188,10 @@ def main(argv=None) -> int:
             f"the model's own output and over {args.baseline} of the same seed; the "
             f"{args.baseline} rows are its seeds as views (ratio column: over the first seed), "
             "the control for what picking the best of 3 scorers per user gives without any "
-            "reasoning.", "", markdown_table(shown), "",
+            "reasoning. \"cosine\": the mean pairwise cosine similarity of a model's views "
+            "over the test users (1 = the same direction), of all of them and of the reasoning "
+            "outputs alone (ReaRec steps 1..R, PLR's streams).", "",
+            markdown_table(shown), "",
             f"Command: `python benchmarks/latent_ceiling.py`. Machine: {cpu_model()}."]
     write_markdown(out, text)
     return 0

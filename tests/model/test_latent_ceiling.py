@@ -46,10 +46,12 @@ def test_oracle_and_rows_hand_computed():
              "step 1": {"ndcg@10": np.array([0.6, 0.0, 0.1]), "hit@10": np.array([1., 0., 1.])}}
     assert oracle(np.array([[0.4, 0.3, 0.0], [0.6, 0.0, 0.1]])).tolist() == [0.6, 0.3, 0.1]
     base = {"ndcg@10": np.array([0.1, 0.1, 0.4]), "hit@10": np.array([1., 1., 1.])}
-    rows = rows_for("M", 1, views, base)
+    rows = rows_for("M", 1, views, base, cosine=(0.25, 0.5))
     assert [r["view"] for r in rows] == ["own", "step 0", "step 1", "oracle over 2"]
     top = rows[-1]                          # the oracle ignores "own": [0.6, 0.3, 0.1], [1, 1, 1]
     assert top["ndcg@10"] == pytest.approx(1.0 / 3) and top["hit@10"] == 1.0
     assert top["ndcg@10 / own"] == pytest.approx((1.0 / 3) / (0.7 / 3))
     assert top["ndcg@10 / SASRec"] == pytest.approx((1.0 / 3) / 0.2)
     assert rows[0]["ndcg@10 / own"] == 1.0
+    assert [r["cosine: all views"] for r in rows] == [None, None, None, 0.25]
+    assert [r["cosine: reasoning outputs"] for r in rows] == [None, None, None, 0.5]
