@@ -82,19 +82,29 @@ Machine: 2 cores (CPU X), torch 2.13.0 with 1 threads, Python 3.11.7. Commit `ab
 """
 
 
-def test_report_exact_markdown(tmp_path):
+def ctr_specs(root: str) -> list:
+    """Specs of Base and Ours on the toy CTR track, seeds 1 and 2, stored under ``root``."""
+    return [{"name": name, "dataset": "toy", "protocol": "ctr", "seed": seed,
+             "dir": os.path.join(root, f"{name}__toy__ctr__seed{seed}")}
+            for name in ("Base", "Ours") for seed in (1, 2)]
+
+
+def write_ctr_fixture(root: str) -> None:
+    """The four runs behind :data:`EXPECTED`."""
     model, base = known_inputs()
-    root = str(tmp_path)
     write_run(root, "Base__toy__ctr__seed1", 1, {"auc": 0.6, "gauc": 0.5, "logloss": 0.5},
               *base[1])
     write_run(root, "Base__toy__ctr__seed2", 2, {"auc": 0.8, "gauc": 0.6}, *base[2])
     write_run(root, "Ours__toy__ctr__seed1", 1, {"auc": 0.8, "gauc": 0.7}, *model[1], fit=150.0)
     write_run(root, "Ours__toy__ctr__seed2", 2, {"gauc": 0.7}, *model[2], fit=150.0)
+
+
+def test_report_exact_markdown(tmp_path):
+    root = str(tmp_path)
+    write_ctr_fixture(root)
     suite = {"suite": "fixture", "description": "Two models, two seeds.", "baseline": "Base",
              "_path": "suites/fixture.yaml"}
-    specs = [{"name": name, "dataset": "toy", "protocol": "ctr", "seed": seed,
-              "dir": os.path.join(root, f"{name}__toy__ctr__seed{seed}")}
-             for name in ("Base", "Ours") for seed in (1, 2)]
+    specs = ctr_specs(root)
     markdown, rows = report.render(suite, report.collect(specs))
     assert markdown == EXPECTED
     ours = [r for r in rows if r["model"] == "Ours"]
@@ -197,9 +207,7 @@ def test_report_marks_a_row_whose_seeds_read_different_tables(tmp_path):
     write_run(root, "Ours__toy__ctr__seed2", 2, {"gauc": 0.7}, *model[2],
               frozen_tables={"fill_repr": "2222", "item_repr": "aaaa"})
     suite = {"suite": "fixture", "baseline": "Base", "_path": "suites/fixture.yaml"}
-    specs = [{"name": name, "dataset": "toy", "protocol": "ctr", "seed": seed,
-              "dir": os.path.join(root, f"{name}__toy__ctr__seed{seed}")}
-             for name in ("Base", "Ours") for seed in (1, 2)]
+    specs = ctr_specs(root)
     lines = report.render(suite, report.collect(specs))[0].split("\n")
     assert [line.split(" | ")[0] for line in lines if line.startswith("| Base")] == ["| Base"]
     assert any(line.startswith("| Ours † | 2 | ") for line in lines)
@@ -262,18 +270,11 @@ def test_baseline_list_picks_the_best_listed_row_per_track(tmp_path):
 
 
 def test_report_with_a_baseline_list_names_the_choice(tmp_path):
-    model, base = known_inputs()
     root = str(tmp_path)
-    write_run(root, "Base__toy__ctr__seed1", 1, {"auc": 0.6, "gauc": 0.5, "logloss": 0.5},
-              *base[1])
-    write_run(root, "Base__toy__ctr__seed2", 2, {"auc": 0.8, "gauc": 0.6}, *base[2])
-    write_run(root, "Ours__toy__ctr__seed1", 1, {"auc": 0.8, "gauc": 0.7}, *model[1], fit=150.0)
-    write_run(root, "Ours__toy__ctr__seed2", 2, {"gauc": 0.7}, *model[2], fit=150.0)
+    write_ctr_fixture(root)
     suite = {"suite": "fixture", "description": "Two models, two seeds.",
              "baseline": ["Base", "Absent"], "_path": "suites/fixture.yaml"}
-    specs = [{"name": name, "dataset": "toy", "protocol": "ctr", "seed": seed,
-              "dir": os.path.join(root, f"{name}__toy__ctr__seed{seed}")}
-             for name in ("Base", "Ours") for seed in (1, 2)]
+    specs = ctr_specs(root)
     markdown, _rows = report.render(suite, report.collect(specs))
     assert markdown == EXPECTED.replace(
         "Paired test against Base (", "Paired test against Base, the best of the baselines "
