@@ -22,7 +22,6 @@ Writes benchmarks/results/latent_ceiling.{md,csv}.
 """
 import argparse
 import glob
-import json
 import os
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import (cpu_model, markdown_table, write_csv,  # noqa: E402
                                write_markdown)
-from benchmarks.run import expand, load_suite  # noqa: E402
+from benchmarks.run import expand, load_suite, stored_result  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 METRICS = ("ndcg@10", "hit@10")
@@ -126,10 +125,12 @@ def stored_per_user(spec: dict, users: np.ndarray) -> dict:
     return aligned(per_user, users)
 
 
-def rows_for(name: str, seed, views: dict, base: dict, cosine=(None, None)) -> list:
+def rows_for(name: str, seed, views: dict, base: dict, cosine=(None, None),
+             base_name: str = "SASRec") -> list:
     """Table rows: each view, the oracle over the views (own output excluded), ratios to the
-    model's own output and to the baseline (``base``: {metric: [U]}); ``cosine`` (the mean
-    pairwise cosine of all views, of the reasoning outputs) goes on the oracle row."""
+    model's own output and to the baseline ``base_name`` (``base``: {metric: [U]});
+    ``cosine`` (the mean pairwise cosine of all views, of the reasoning outputs) goes on the
+    oracle row."""
     chosen = [v for v in views if v != "own"]
     best = {m: oracle(np.stack([views[v][m] for v in chosen])) for m in METRICS}
     out = []
@@ -139,7 +140,7 @@ def rows_for(name: str, seed, views: dict, base: dict, cosine=(None, None)) -> l
             row[m] = float(metrics[m].mean())
         row["ndcg@10 / own"] = (row["ndcg@10"] / float(views["own"]["ndcg@10"].mean())
                                 if "own" in views else None)
-        row["ndcg@10 / SASRec"] = row["ndcg@10"] / float(base["ndcg@10"].mean())
+        row[f"ndcg@10 / {base_name}"] = row["ndcg@10"] / float(base["ndcg@10"].mean())
         row["cosine: all views"] = cosine[0] if view.startswith("oracle") else None
         row["cosine: reasoning outputs"] = cosine[1] if view.startswith("oracle") else None
         out.append(row)
@@ -153,11 +154,8 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline", default="SASRec")
     args = parser.parse_args(argv)
     specs = expand(load_suite(args.suite))
-    finished = []
-    for spec in specs:
-        path = os.path.join(spec["dir"], "result.json")
-        if os.path.isfile(path):
-            finished.append((spec, json.load(open(path, encoding="utf-8"))))
+    finished = [(spec, result) for spec in specs
+                for result in [stored_result(spec)] if result is not None]
     baselines = {s["seed"]: s for s, _ in finished if s["name"] == args.baseline}
     rows, users = [], None
     for spec, result in finished:
@@ -166,14 +164,14 @@ def main(argv=None) -> int:
         print(f"[views] {spec['run_id']}", flush=True)
         users, views, cosine = evaluate_views(spec, result)
         base = stored_per_user(baselines[spec["seed"]], users)
-        rows += rows_for(spec["name"], spec["seed"], views, base, cosine)
+        rows += rows_for(spec["name"], spec["seed"], views, base, cosine, args.baseline)
     if users is None:
         print("no finished ReaRec / PLR run with a same-seed baseline")
         return 1
     base_views = {f"{args.baseline} seed {seed}": stored_per_user(spec, users)
                   for seed, spec in sorted(baselines.items())}
     first = base_views[next(iter(base_views))]
-    rows += rows_for(args.baseline, "all", base_views, first)
+    rows += rows_for(args.baseline, "all", base_views, first, base_name=args.baseline)
     out = os.path.join(HERE, "results", "latent_ceiling")
     write_csv(out + ".csv", rows)
     shown = [{k: (f"{v:.4f}" if isinstance(v, float) and k in METRICS else
