@@ -57,6 +57,12 @@ def load_suite(path: str) -> dict:
         if run["protocol"] not in EVAL_PROTOCOLS:
             raise ValueError(f"{path}: runs[{i}] ({run['model']}) has protocol "
                              f"{run['protocol']!r}; use one of {EVAL_PROTOCOLS}")
+    baseline = suite.get("baseline")
+    names = {run.get("name", run["model"]) for run in suite["runs"]}
+    unknown = sorted(set([baseline] if isinstance(baseline, str) else baseline or []) - names)
+    if unknown:
+        raise ValueError(f"{path}: baseline names {unknown}, which are not runs of this suite "
+                         f"(runs: {sorted(names)}); fix the 'baseline' key")
     return suite
 
 

@@ -147,7 +147,8 @@ def test_store_shared_between_suites_and_config_guard(tiny_root, workdir, tmp_pa
         bench.expand(suite)
 
 
-def test_suite_with_an_unknown_protocol_is_refused_at_load(tiny_root, workdir, tmp_path):
+def test_suite_with_an_unknown_protocol_or_baseline_is_refused_at_load(tiny_root, workdir,
+                                                                       tmp_path):
     suite_file = tmp_path / "suite.yaml"
     suite = write_suite(suite_file, tiny_root, workdir)
     suite["runs"][1]["protocol"] = "pointwise"
@@ -155,6 +156,16 @@ def test_suite_with_an_unknown_protocol_is_refused_at_load(tiny_root, workdir, t
     with pytest.raises(ValueError, match=r"runs\[1\] \(DIN\) has protocol 'pointwise'; use one "
                                          r"of \('ranking', 'ctr'\)"):
         bench.load_suite(str(suite_file))
+    suite["runs"][1]["protocol"] = "ctr"
+    for baseline in (["DIN", "DEIN"], "DEIN"):                 # a typo, in a list or alone
+        suite["baseline"] = baseline
+        suite_file.write_text(yaml.safe_dump(suite))
+        with pytest.raises(ValueError, match=r"baseline names \['DEIN'\], which are not runs "
+                                             r"of this suite \(runs: \['DIN', 'SASRec'\]\)"):
+            bench.load_suite(str(suite_file))
+    suite["baseline"] = ["DIN", "SASRec"]
+    suite_file.write_text(yaml.safe_dump(suite))
+    assert bench.load_suite(str(suite_file))["baseline"] == ["DIN", "SASRec"]
 
 
 def test_list_states_and_time_estimates(tiny_root, workdir, tmp_path, monkeypatch, capsys):
