@@ -83,10 +83,12 @@ def choose_baseline(baseline, models: dict, protocol: str):
     """The row of one (data set, protocol) table that the paired test compares against.
 
     ``baseline`` is the suite's key: one run name (used as it is), or a list of run names,
-    meaning the best of them on this table: the highest mean test value of the protocol's
-    marked metric (CTR track: GAUC; ranking track: NDCG@10). A row ``NAME (early-stopped on
-    P)`` (a model scored on the track it was not trained on) counts as ``NAME``. None if the
-    suite names no baseline or none of the listed ones has a result on this table."""
+    meaning the best of them on this table: among the listed rows with the most seeds, the
+    highest mean test value of the protocol's marked metric (CTR track: GAUC; ranking track:
+    NDCG@10). Seeds come first so that one lucky seed of an unfinished row does not become the
+    baseline of rows that have all theirs. A row ``NAME (early-stopped on P)`` (a model scored
+    on the track it was not trained on) counts as ``NAME``. None if the suite names no baseline
+    or none of the listed ones has a result on this table."""
     if baseline is None or isinstance(baseline, str):
         return baseline
     marked = PAIRED[protocol][2]
@@ -95,8 +97,9 @@ def choose_baseline(baseline, models: dict, protocol: str):
         if name.split(" (early-stopped on ")[0] not in baseline:
             continue
         values = [r["test"][marked] for r in runs if marked in r["test"]]
-        if values and (best is None or statistics.mean(values) > best[0]):
-            best = (statistics.mean(values), name)
+        key = (len(values), statistics.mean(values)) if values else None
+        if key and (best is None or key > best[0]):
+            best = (key, name)
     return best[1] if best else None
 
 
@@ -104,8 +107,8 @@ def baseline_note(baseline, chosen: str, protocol: str) -> str:
     """How the report names the chosen baseline: ``chosen``, and for a list, how it was chosen."""
     if isinstance(baseline, str):
         return chosen
-    return (f"{chosen}, the best of the baselines {', '.join(baseline)} on this track by mean "
-            f"test {PAIRED[protocol][2].upper()}")
+    return (f"{chosen}, the best of the baselines {', '.join(baseline)} on this track (most "
+            f"seeds, then mean test {PAIRED[protocol][2].upper()})")
 
 
 def significance(models: dict, baseline: str, metric: str = "auc") -> dict:
